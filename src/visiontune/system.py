@@ -1,0 +1,29 @@
+"""Facts about the machine that defaults depend on: usable cores, accelerators, library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+
+def available_cpus() -> int:
+    """Cores this process may use (respects CPU affinity and container limits where the OS reports them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def library_versions(
+    names: tuple[str, ...] = ("visiontune", "torch", "torchvision", "timm", "numpy", "pillow"),
+) -> dict:
+    """Installed versions of the libraries a result depends on, recorded with every run and bundle."""
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
