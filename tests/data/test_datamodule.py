@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.data import image_factories as make
+from visiontune.config import AugmentConfig, LoaderConfig
+from visiontune.data.datamodule import DataModule
+from visiontune.data.dataset import load_data
+from visiontune.data.samplers import EpochSampler, balanced_weights
+from visiontune.data.transforms import Preprocessing
+
+PRE = Preprocessing(image_size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def _module(root: Path, **loader: object) -> DataModule:
+    cfg = LoaderConfig(**{"batch_size": 8, "num_workers": 0, **loader})  # type: ignore[arg-type]
+    return DataModule(load_data(root), PRE, AugmentConfig.preset("standard"), cfg, seed=1)
+
+
+def test_batches_are_normalised_rgb_tensors(class_folder: Path) -> None:
+    dm = _module(class_folder)
+    images, targets, indices = next(iter(dm.eval_dataloader("valid")))
+    assert images.shape == (6, 3, 32, 32) and images.dtype == torch.float32
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    assert torch.equal(images[:, 0], images[:, 1])  # grey PNGs become RGB with equal channels
+    assert sorted(targets.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert indices.tolist() == list(range(6))
+
+
+def test_every_special_file_loads_as_rgb(class_folder: Path) -> None:
+    folder = class_folder / "trouser"
+    specials = [
+        make.write_cmyk_jpeg(folder / "cmyk.jpg"),
+        make.write_png16(folder / "deep.png"),
+        make.write_rgba_png(folder / "alpha.png"),
+        make.write_exif_rotated_jpeg(folder / "rotated.jpg"),
+    ]
+    data = load_data(class_folder, check=False)
+    dm = DataModule(data, PRE, AugmentConfig.preset("none"), LoaderConfig(batch_size=64, num_workers=0))
+    names = {s.path.name for s in data.samples}
+    assert {p.name for p in specials} <= names
+    for split in data.splits:
+        dataset = dm.dataset(split, train=False)
+        for i in range(len(dataset)):
+            image, _, _ = dataset[i]
+            assert image.shape == (3, 32, 32) and torch.isfinite(image).all()
+
+
+def test_file_broken_after_scan_is_dropped_from_its_batch(class_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    dm = _module(class_folder)
+    victim = dm.data.split("valid")[0].path
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated after the audit read it
+    images, targets, _ = next(iter(dm.eval_dataloader("valid")))
+    assert len(images) == len(targets) == 5
+    assert str(victim) in caplog.text
+
+
+def test_augmentation_repeats_per_seed_and_epoch(class_folder: Path) -> None:
+    dm = _module(class_folder)
+    loader = dm.train_dataloader()
+
+    def epoch(e: int) -> torch.Tensor:
+        loader.sampler.set_epoch(e)
+        return torch.cat([batch[0] for batch in loader])
+
+    first, again, other = epoch(0), epoch(0), epoch(1)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_same_data_with_workers(class_folder: Path) -> None:
+    plain = _module(class_folder).train_dataloader()
+    workers = _module(class_folder, num_workers=2, persistent_workers=True).train_dataloader()
+    plain.sampler.set_epoch(3)
+    workers.sampler.set_epoch(3)
+    assert torch.equal(torch.cat([b[0] for b in plain]), torch.cat([b[0] for b in workers]))
+
+
+def test_sampler_shards_cover_everything_once() -> None:
+    shards = [list(EpochSampler(10, seed=0, rank=r, world_size=3, pad=False)) for r in range(3)]
+    assert sorted(i for shard in shards for i, _ in shard) == list(range(10))
+    padded = [len(EpochSampler(10, seed=0, rank=r, world_size=3)) for r in range(3)]
+    assert padded == [4, 4, 4]
+
+
+def test_balanced_sampler_evens_out_classes() -> None:
+    targets = [0] * 90 + [1] * 10
+    sampler = EpochSampler(100, seed=0, weights=balanced_weights(targets))
+    drawn = [targets[i] for _ in range(20) for i, _ in (sampler.set_epoch(_) or sampler)]
+    assert 0.4 < sum(drawn) / len(drawn) < 0.6
+
+
+def test_dataset_holds_no_decoded_images(class_folder: Path) -> None:
+    dataset = _module(class_folder).dataset("train")
+    assert dataset.paths.dtype.kind == "U" and dataset.targets.dtype == "int64"
+    assert not any(isinstance(v, Image.Image) for v in vars(dataset).values())
