@@ -35,6 +35,7 @@ class LabelledImages:
     unreadable: list[FileInfo] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    duplicate_links: dict[str, list[tuple[Path, Path]]] = field(default_factory=dict)  # "exact"/"near" path pairs
 
     @property
     def class_to_idx(self) -> dict[str, int]:
@@ -113,9 +114,11 @@ def load_data(
     unreadable = [i for i in infos if not i.ok]
     for info in unreadable:
         log.warning("skipping %s: %s", info.path, info.error)
-    samples = _split(good, [by_path[s.path] for s in good], scan.root, config)
+    links = _duplicate_links(good, [by_path[s.path] for s in good], config)
+    samples = _split(good, links, scan.root, config)
     data = LabelledImages(scan.root, scan.kind, sort_labels(s.label for s in samples), samples, by_path, unreadable)
     data.skipped, data.empty_classes = scan.skipped, scan.empty_classes
+    data.duplicate_links = {kind: [(good[a].path, good[b].path) for a, b in pairs] for kind, pairs in links.items()}
     if check:
         data.check()
     return data
@@ -137,11 +140,21 @@ def _scan(source: str | Path | Scan, config: DataConfig, label_func: Callable[[P
     )
 
 
-def _split(samples: list[Sample], infos: list[FileInfo], root: Path, config: DataConfig) -> list[Sample]:
-    links = duplicates.exact_pairs(infos)
-    if config.near_duplicate_split:
-        links += duplicates.near_pairs(infos, max_distance=config.near_duplicate_distance)
-    groups = split.group_ids(samples, links)
+def _duplicate_links(
+    samples: list[Sample], infos: list[FileInfo], config: DataConfig
+) -> dict[str, list[tuple[int, int]]]:
+    """Index pairs of exact and near duplicates among the readable samples (the split and the audit use both)."""
+    return {
+        "exact": duplicates.exact_pairs(infos),
+        "near": duplicates.near_pairs(infos, max_distance=config.near_duplicate_distance),
+    }
+
+
+def _split(
+    samples: list[Sample], links: dict[str, list[tuple[int, int]]], root: Path, config: DataConfig
+) -> list[Sample]:
+    together = links["exact"] + (links["near"] if config.near_duplicate_split else [])
+    groups = split.group_ids(samples, together)
     assigned = split.assign_splits(
         samples, root=root, groups=groups, valid_pct=config.valid_pct, test_pct=config.test_pct, seed=config.seed
     )

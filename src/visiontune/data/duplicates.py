@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from visiontune.data.fileinfo import THUMB_SIDE, FileInfo, hamming
+from visiontune.data.fileinfo import THUMB_SIDE, FileInfo
 
 DEFAULT_MAX_DISTANCE = 4
 DEFAULT_MAX_THUMB_DIFF = 4.0  # mean absolute difference, grey levels 0-255, after removing the mean
@@ -68,31 +68,61 @@ def near_pairs(
     """Pairs (i < j) of readable files that look the same but are not byte-identical."""
     usable = [i for i, info in enumerate(infos) if info.ok and info.phash is not None]
     candidates = _candidate_pairs([infos[i].phash for i in usable], max_distance)  # type: ignore[misc]
+    if not candidates:
+        return []
     thumbs = _centred_thumbs([infos[i] for i in usable])
+    a, b = np.array(sorted(candidates)).T  # (P,), (P,)
+    diff = np.concatenate(
+        [np.abs(thumbs[a[k : k + 65536]] - thumbs[b[k : k + 65536]]).mean(axis=1) for k in range(0, len(a), 65536)]
+    )
     pairs = []
-    for a, b in sorted(candidates):
-        i, j = usable[a], usable[b]
-        if infos[i].sha256 == infos[j].sha256:
-            continue
-        if float(np.abs(thumbs[a] - thumbs[b]).mean()) <= max_thumb_diff:
+    for x, y in zip(a[diff <= max_thumb_diff].tolist(), b[diff <= max_thumb_diff].tolist(), strict=True):
+        i, j = usable[x], usable[y]
+        if infos[i].sha256 != infos[j].sha256:  # byte-identical copies are exact, not near, duplicates
             pairs.append((i, j))
     return pairs
 
 
 def _candidate_pairs(hashes: Sequence[int], max_distance: int) -> set[tuple[int, int]]:
-    """Pairs within `max_distance` bits: split 64 bits into max_distance + 1 chunks; a close pair shares one."""
+    """Pairs within `max_distance` bits: split 64 bits into max_distance + 1 chunks; a close pair shares one.
+
+    Buckets of equal chunk values are compared with vectorised XOR + popcount (tiny images collide
+    in large buckets, where a Python loop over pairs took seconds).
+    """
+    values = np.array(hashes, dtype=np.uint64)
     chunks = max_distance + 1
     bounds = [round(64 * k / chunks) for k in range(chunks + 1)]
     pairs: set[tuple[int, int]] = set()
     for lo, hi in itertools.pairwise(bounds):
-        mask = (1 << (hi - lo)) - 1
-        buckets: dict[int, list[int]] = defaultdict(list)
-        for index, value in enumerate(hashes):
-            buckets[(value >> lo) & mask].append(index)
-        for members in buckets.values():
-            for x, a in enumerate(members):
-                pairs.update((a, b) for b in members[x + 1 :] if hamming(hashes[a], hashes[b]) <= max_distance)
+        keys = (values >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(keys, kind="stable")
+        starts = np.flatnonzero(np.diff(keys[order])) + 1
+        for bucket in np.split(order, starts):
+            if len(bucket) > 1:
+                pairs.update(_close_pairs(values, np.sort(bucket), max_distance))
     return pairs
+
+
+def _close_pairs(values: np.ndarray, members: np.ndarray, max_distance: int) -> list[tuple[int, int]]:
+    """(i, j), i < j, among `members` whose hashes differ in at most `max_distance` bits."""
+    found = []
+    for start in range(0, len(members), 512):  # row blocks bound memory on huge buckets
+        rows = members[start : start + 512]
+        distances = _popcount(values[rows][:, None] ^ values[members][None, :])  # (rows, members)
+        for r, c in zip(*np.nonzero(distances <= max_distance), strict=True):
+            if start + r < c:
+                found.append((int(rows[r]), int(members[c])))
+    return found
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(x)
+    as_bytes = x.view(np.uint8).reshape(*x.shape, 8)
+    return _BYTE_BITS[as_bytes].sum(axis=-1)
+
+
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def _centred_thumbs(infos: Sequence[FileInfo]) -> np.ndarray:

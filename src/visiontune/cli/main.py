@@ -1,0 +1,73 @@
+"""The `visiontune` command: a thin Typer layer over the Python API.
+
+`run()` is the console-script entry point: user errors (VisiontuneError) become one red line
+on stderr and the error's exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from visiontune import __version__
+from visiontune.cli import datasets, inspect
+from visiontune.cli.console import print_error, setup_logging
+from visiontune.errors import VisiontuneError
+
+app = typer.Typer(
+    name="visiontune",
+    help="Turn a folder of labelled images into a trained, evaluated and served image classifier.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(datasets.app, name="datasets")
+app.command("inspect")(inspect.inspect_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"visiontune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    setup_logging(quiet=quiet, verbose=verbose)
+
+
+def run() -> None:
+    """Entry point: map VisiontuneError to a one-line message and its exit code."""
+    try:
+        result = app(standalone_mode=False)
+    except VisiontuneError as exc:
+        print_error(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print_error("aborted")
+        sys.exit(1)
+    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    run()
