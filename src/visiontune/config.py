@@ -178,3 +178,128 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of settings, not {type(data).__name__}")
     return data
+
+
+METHODS = ("finetune", "scratch")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "sgd", "rmsprop")
+BALANCE = ("auto", "none", "weights", "sampler")
+MONITORS = ("auto", "accuracy", "balanced_accuracy", "valid_loss")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network, with which weights, at which input size.
+
+    `image_size=None` uses the backbone's default; small images (e.g. 28 px) train well upsampled to 64.
+    `weights` is a local .safetensors/.pth file; `pretrained=False` means random initialisation.
+    """
+
+    name: str = "efficientnet_lite0"
+    pretrained: bool = True
+    weights: str | None = None
+    image_size: int | None = None
+    resize_mode: str = "squish"
+    drop_rate: float = 0.2
+    pool: str = "avg"
+
+    def __post_init__(self) -> None:
+        check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        check_choice("pool", self.pool, ("avg", "max", "avgmax"))
+        check_range("drop_rate", self.drop_rate, 0.0, 0.95)
+        if self.image_size is not None:
+            check_range("image_size", self.image_size, 8, 4096)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: fastai's fine_tune by default (frozen epochs, then all layers with discriminative LRs).
+
+    `lr=None` means "find it" with the learning-rate range test; `epochs` counts the unfrozen phase.
+    """
+
+    method: str = "finetune"
+    epochs: int = 3
+    freeze_epochs: int = 1
+    lr: float | None = 2e-3
+    lr_ratio: float = 100.0
+    unfreeze_top: int | None = None
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    label_smoothing: float = 0.1
+    batch_size: int = 64
+    accumulate: int = 1
+    clip_grad: float | None = 1.0
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    augment: str = "standard"
+    rotation: float | None = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    ema: float | None = None
+    balance: str = "auto"
+    monitor: str = "auto"
+    patience: int | None = None
+    num_workers: int | None = None
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("augment", self.augment, AUGMENT_PRESETS)
+        check_choice("balance", self.balance, BALANCE)
+        check_choice("monitor", self.monitor, MONITORS)
+        check_range("epochs", self.epochs, 0, 100_000)
+        check_range("freeze_epochs", self.freeze_epochs, 0, 100_000)
+        if self.epochs + self.freeze_epochs < 1:
+            raise ConfigError("`epochs` + `freeze_epochs` must be at least 1")
+        if self.lr is not None:
+            check_range("lr", self.lr, 0.0, 10.0, low_open=True)
+        check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+        check_range("batch_size", self.batch_size, 1, 1_000_000)
+        check_range("accumulate", self.accumulate, 1, 10_000)
+        check_range("mixup", self.mixup, 0.0, 10.0)
+        check_range("cutmix", self.cutmix, 0.0, 10.0)
+        if self.ema is not None:
+            check_range("ema", self.ema, 0.0, 1.0, low_open=True)
+
+    def augment_config(self) -> AugmentConfig:
+        """The augmentation preset with the CLI's overrides applied."""
+        overrides = {} if self.rotation is None else {"rotation": self.rotation}
+        return AugmentConfig.preset(self.augment, **overrides)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs; saved as config.yaml in the run folder and reloadable."""
+
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    out: str | None = None
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data": to_dict(self.data),
+            "model": to_dict(self.model),
+            "train": to_dict(self.train),
+            "out": self.out,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        unknown = set(values) - {"data", "model", "train", "out", "name"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; use data, model, train")
+        return cls(
+            data=from_dict(DataConfig, values.get("data") or {}),
+            model=from_dict(ModelConfig, values.get("model") or {}),
+            train=from_dict(TrainConfig, values.get("train") or {}),
+            out=values.get("out"),
+            name=values.get("name"),
+        )

@@ -12,9 +12,25 @@ from typing import Annotated
 import typer
 
 from visiontune import __version__
-from visiontune.cli import datasets, inspect
+from visiontune.cli import datasets, inspect, models, train
 from visiontune.cli.console import print_error, setup_logging
 from visiontune.errors import VisiontuneError
+
+
+# Typer >= 0.25 vendors its own click; older releases raise click's classes. Catch both.
+def _click_classes(name: str) -> tuple[type[Exception], ...]:
+    found = {c for c in typer.BadParameter.__mro__ if c.__name__ == name}
+    try:
+        import click
+
+        found.add(getattr(click, name))
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+_CLICK_ERRORS = _click_classes("ClickException")
+_USAGE_ERRORS = _click_classes("UsageError")
 
 app = typer.Typer(
     name="visiontune",
@@ -25,6 +41,8 @@ app = typer.Typer(
 )
 app.add_typer(datasets.app, name="datasets")
 app.command("inspect")(inspect.inspect_command)
+app.command("train")(train.train_command)
+app.command("models")(models.models_command)
 
 
 def _version(value: bool) -> None:
@@ -59,13 +77,10 @@ def run() -> None:
     except typer.Abort:
         print_error("aborted")
         sys.exit(1)
-    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except _CLICK_ERRORS as exc:  # usage errors arrive here in non-standalone mode
+        hint = " (see --help)" if isinstance(exc, _USAGE_ERRORS) else ""
+        print_error(exc.format_message() + hint)
+        sys.exit(exc.exit_code)
     sys.exit(result if isinstance(result, int) else 0)
 
 

@@ -1,0 +1,45 @@
+"""Models: backbones (timm, packaged offline weights, scratch baselines) with our classifier head.
+
+Example:
+    >>> from visiontune.models import create_classifier
+    >>> model = create_classifier("efficientnet_lite0", num_classes=10)  # doctest: +SKIP
+    >>> model.freeze_backbone()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from visiontune.models.classifier import Classifier, build_backbone, create_classifier
+from visiontune.models.heads import POOLS, ClassifierHead, pool_features
+from visiontune.models.registry import BackboneSpec, get_backbone, list_backbones, register_backbone
+from visiontune.models.scratch import MLP, SmallCNN
+from visiontune.models.weights import (
+    OfflineWeights,
+    create_timm_model,
+    load_offline_weights,
+    load_state_dict_checked,
+    load_weights_file,
+    read_state_dict,
+    rename_efficientnet_pytorch,
+)
+
+__all__ = [
+    "MLP",
+    "POOLS",
+    "BackboneSpec",
+    "Classifier",
+    "ClassifierHead",
+    "OfflineWeights",
+    "SmallCNN",
+    "build_backbone",
+    "create_classifier",
+    "create_timm_model",
+    "get_backbone",
+    "list_backbones",
+    "load_offline_weights",
+    "load_state_dict_checked",
+    "load_weights_file",
+    "pool_features",
+    "read_state_dict",
+    "register_backbone",
+    "rename_efficientnet_pytorch",
+]

@@ -1,0 +1,375 @@
+"""The training loop: Accelerate for devices, precision and processes; phases for fine-tuning.
+
+`fine_tune` is fastai's recipe: a few epochs with the backbone frozen (only the new head learns,
+BatchNorm statistics kept), then everything unfrozen with discriminative learning rates (early
+layers learn ~100x slower) on a one-cycle schedule. `fit` is one phase, for scratch models.
+Everything that changes between steps is a function of (seed, epoch, step), so a run resumed from
+its last checkpoint ends exactly where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torchvision.transforms import v2
+
+from visiontune.config import TrainConfig
+from visiontune.data.datamodule import DataModule
+from visiontune.data.samplers import item_seed
+from visiontune.evaluation.metrics import classification_metrics
+from visiontune.training.callbacks import Callback
+from visiontune.training.checkpoint import Checkpoint, capture_rng, restore_rng, save_checkpoint
+from visiontune.training.ema import ModelEMA
+from visiontune.training.schedule import LRFinderResult, OneCycle, apply_lr, smooth, suggest_lr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One one-cycle run over `epochs`: which layers learn and at which peak rate."""
+
+    name: str  # "frozen", "unfrozen" or "fit"
+    epochs: int
+    lr: float  # peak rate of the head; earlier layer groups get down to lr / lr_ratio
+    lr_ratio: float = 1.0
+    pct_start: float = 0.25
+    div: float = 25.0
+    unfreeze_top: int | None = None  # for "unfrozen": None = all layers
+
+
+def resolve_precision(requested: str) -> str:
+    """`auto`: bf16 on GPUs that support it, fp16 (with loss scaling) on older GPUs, fp32 on CPU."""
+    if requested != "auto":
+        return requested
+    if not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    precision = resolve_precision(config.precision)
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(
+        mixed_precision=mixed,
+        gradient_accumulation_steps=config.accumulate,
+        dynamo_backend="inductor" if config.compile else "no",
+        cpu=not torch.cuda.is_available(),
+    )
+
+
+class Trainer:
+    """Trains a Classifier on a DataModule; see `fine_tune` and `fit`.
+
+    Example:
+        >>> trainer = Trainer(model, datamodule, TrainConfig(), out_dir=Path("runs/x"))
+        >>> trainer.fine_tune(epochs=3, freeze_epochs=1, lr=2e-3)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        datamodule: DataModule,
+        config: TrainConfig,
+        *,
+        out_dir: Path,
+        callbacks: Sequence[Callback] = (),
+        monitor: str = "accuracy",
+        class_weights: torch.Tensor | None = None,
+        balanced_sampler: bool = False,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        self.config, self.datamodule, self.out_dir = config, datamodule, out_dir
+        self.accelerator = accelerator or make_accelerator(config)
+        self.precision = resolve_precision(config.precision)
+        self.device = self.accelerator.device
+        self.channels_last = self.device.type == "cuda" if config.channels_last is None else config.channels_last
+        self.raw_model = model.to(self.device)
+        if self.channels_last:
+            self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
+        self.model: torch.nn.Module = self.raw_model
+        self.callbacks = list(callbacks)
+        self.monitor = monitor
+        self.class_weights = class_weights.to(self.device) if class_weights is not None else None
+        self.ema = ModelEMA(self.raw_model, decay=config.ema) if config.ema else None
+        self.mixer = _mixer(config, len(datamodule.classes))
+        self.train_loader = datamodule.train_dataloader(
+            rank=self.accelerator.process_index, world_size=self.accelerator.num_processes, balanced=balanced_sampler
+        )
+        self.optimizer: Any = None
+        self.epoch = 0  # epochs completed, counted across phases
+        self.step = 0  # optimizer steps in the current phase
+        self.should_stop = False
+        self._pending: Checkpoint | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # ----------------------------------------------------------------------------------- recipes
+    def fine_tune(self, *, epochs: int, freeze_epochs: int = 1, lr: float = 2e-3, lr_ratio: float = 100.0) -> None:
+        """Frozen backbone for `freeze_epochs`, then all (or the top `unfreeze_top`) layers for `epochs`."""
+        phases = [
+            Phase("frozen", freeze_epochs, lr, 1.0, pct_start=0.99),
+            Phase("unfrozen", epochs, lr / 2, lr_ratio, pct_start=0.3, div=5.0, unfreeze_top=self.config.unfreeze_top),
+        ]
+        self.run_phases([p for p in phases if p.epochs > 0])
+
+    def fit(self, *, epochs: int, lr: float) -> None:
+        """One one-cycle phase with every layer learning (scratch models)."""
+        self.run_phases([Phase("fit", epochs, lr, 1.0, pct_start=0.25)])
+
+    def run_phases(self, phases: Sequence[Phase]) -> None:
+        self._call("before_fit")
+        start = 0
+        for phase in phases:
+            end = start + phase.epochs
+            if self.epoch < end and not self.should_stop:
+                self._run_phase(phase, start, end)
+            start = end
+        self._call("after_fit")
+
+    # ----------------------------------------------------------------------------------- phases
+    def _run_phase(self, phase: Phase, start: int, end: int) -> None:
+        steps_per_epoch = max(1, len(self.train_loader) // self.config.accumulate)
+        schedule = OneCycle(phase.epochs * steps_per_epoch, phase.pct_start, phase.div)
+        resumed_inside = self.epoch > start
+        self._prepare(phase, restore=self._pending if resumed_inside else None)
+        self.step = (self.epoch - start) * steps_per_epoch
+        self._call("before_phase", phase.name)
+        while self.epoch < end and not self.should_stop:
+            self._call("before_epoch")
+            started = time.perf_counter()
+            train = self._train_epoch(schedule)
+            metrics = self.evaluate("valid")
+            elapsed = time.perf_counter() - started
+            self.epoch += 1
+            row = {"epoch": self.epoch, "phase": phase.name, **train, **metrics, "time_s": elapsed}
+            self._call("after_epoch", row)
+
+    def _prepare(self, phase: Phase, *, restore: Checkpoint | None) -> None:
+        """(Re)wrap the model for this phase's trainable layers and build its optimizer."""
+        raw = self.raw_model
+        if phase.name == "frozen":
+            raw.freeze_backbone()
+        else:
+            raw.unfreeze(top=phase.unfreeze_top)
+        groups = raw.param_groups(phase.lr, weight_decay=self.config.weight_decay, lr_ratio=phase.lr_ratio)
+        for group in groups:
+            group["max_lr"] = group["lr"]
+        optimizer = _optimizer(self.config, groups)
+        if restore is not None and restore.optimizer is not None:
+            optimizer.load_state_dict(restore.optimizer)
+        # DDP registers only the parameters that are trainable when it wraps: re-wrap for each phase
+        self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)  # drops the autocast wrapper too
+        self.accelerator.free_memory()
+        self.model = self.accelerator.prepare_model(raw)
+        self.optimizer = self.accelerator.prepare_optimizer(optimizer)
+        if restore is not None and self.accelerator.scaler is not None and "scaler" in restore.state:
+            self.accelerator.scaler.load_state_dict(restore.state["scaler"])
+
+    # ----------------------------------------------------------------------------------- epochs
+    def _seed_epoch(self) -> None:
+        """Dropout, MixUp and sampling draw from (seed, epoch, rank) only: resumable and repeatable."""
+        torch.manual_seed(item_seed(self.config.seed, self.epoch, -2 - self.accelerator.process_index))
+        self.train_loader.sampler.set_epoch(self.epoch)
+
+    def _train_epoch(self, schedule: OneCycle) -> dict[str, float]:
+        self._seed_epoch()
+        self.model.train()
+        total_loss, seen, waited, lr = 0.0, 0, 0.0, 0.0
+        started = time.perf_counter()
+        for batch, wait in _timed(self.train_loader):
+            waited += wait
+            if batch is None:  # every file of the batch failed to decode (already warned)
+                continue
+            loss, size, lr = self._train_step(batch, schedule)
+            total_loss, seen = total_loss + loss * size, seen + size
+            self._call("after_batch", loss, size)
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        images = seen * self.accelerator.num_processes
+        return {
+            "train_loss": total_loss / max(seen, 1),
+            "lr": lr,
+            "images_per_s": images / elapsed,
+            "data_wait_pct": 100.0 * waited / elapsed,
+        }
+
+    def _train_step(self, batch: list[torch.Tensor], schedule: OneCycle) -> tuple[float, int, float]:
+        images, targets = self._to_device(batch[0]), batch[1].to(self.device, non_blocking=True)
+        if self.mixer is not None:
+            images, targets = self.mixer(images, targets)  # soft targets (B, classes)
+        lr = apply_lr(self.optimizer, schedule.factor(self.step))
+        with self.accelerator.accumulate(self.model):
+            logits = self.model(images)  # (B, classes), fp32: the head runs outside autocast
+            loss = F.cross_entropy(
+                logits.float(), targets, weight=self.class_weights, label_smoothing=self.config.label_smoothing
+            )
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients and self.config.clip_grad:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.accelerator.sync_gradients:
+            self.step += 1
+            if self.ema is not None:
+                self.ema.update(self.raw_model)
+        return float(loss.detach()), len(images), lr
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    # ------------------------------------------------------------------------------- evaluation
+    @torch.inference_mode()
+    def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (N, C) fp32, targets (N,), sample indices (N,)) of a split, gathered from all ranks."""
+        loader = self.datamodule.eval_dataloader(
+            split, rank=self.accelerator.process_index, world_size=self.accelerator.num_processes
+        )
+        parts = []
+        with self._ema_weights():
+            # the unwrapped module (its forward still autocast): DDP's forward would sync buffers across
+            # ranks, and ranks may hold different numbers of evaluation batches
+            self.raw_model.eval()
+            for batch in loader:
+                if batch is not None:
+                    logits = self.raw_model(self._to_device(batch[0])).float().cpu()
+                    parts.append((logits, batch[1], batch[2]))
+        if self.accelerator.num_processes > 1:
+            parts = gather_object(parts)
+        if not parts:
+            empty = torch.empty(0, dtype=torch.long)
+            return torch.empty(0, len(self.datamodule.classes)), empty, empty
+        logits, targets, indices = (torch.cat(t) for t in zip(*parts, strict=True))
+        order = torch.argsort(indices)
+        return logits[order], targets[order], indices[order]
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        logits, targets, _ = self.predict(split)
+        metrics = classification_metrics(logits, targets, num_classes=len(self.datamodule.classes))
+        return {"valid_loss" if split == "valid" else f"{split}_loss": metrics.pop("loss"), **metrics}
+
+    def _ema_weights(self) -> Any:
+        from contextlib import nullcontext
+
+        return self.ema.applied(self.raw_model) if self.ema is not None else nullcontext()
+
+    # ------------------------------------------------------------------------------ lr finder
+    def lr_find(self, *, start: float = 1e-7, end: float = 10.0, steps: int = 100) -> LRFinderResult:
+        """The learning-rate range test on the frozen model (the phase fine_tune starts with).
+
+        Weights, BatchNorm statistics and RNG are restored afterwards, so it leaves no trace.
+        """
+        saved = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
+        rng = capture_rng()
+        self._prepare(Phase("frozen", 1, end), restore=None)
+        self.model.train()
+        lrs, losses = self._range_test(start, end, steps)
+        self.raw_model.load_state_dict(saved)
+        restore_rng(rng)
+        smoothed = smooth(losses)
+        return LRFinderResult(lrs, smoothed, suggest_lr(lrs, smoothed))
+
+    def _range_test(self, start: float, end: float, steps: int) -> tuple[list[float], list[float]]:
+        lrs: list[float] = []
+        losses: list[float] = []
+        batches = _cycle(self.train_loader)
+        for i in range(steps):
+            lr = start * (end / start) ** (i / max(1, steps - 1))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * group["max_lr"] / end
+            images, targets = next(batches)[:2]
+            loss = F.cross_entropy(self.model(self._to_device(images)).float(), targets.to(self.device))
+            self.accelerator.backward(loss)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            value = float(self.accelerator.reduce(loss.detach(), reduction="mean"))
+            lrs.append(lr)
+            losses.append(value)
+            if not math.isfinite(value) or (i > 10 and smooth(losses)[-1] > 4 * min(smooth(losses))):
+                break
+        return lrs, losses
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def checkpoint(self, *, weights_only: bool = False) -> Checkpoint:
+        state: dict[str, Any] = {
+            "epoch": self.epoch,
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+        }
+        if self.accelerator.scaler is not None:
+            state["scaler"] = self.accelerator.scaler.state_dict()
+        ckpt = Checkpoint(model=self.raw_model.state_dict(), state=state)
+        ckpt.ema = self.ema.state_dict() if self.ema is not None else None
+        if not weights_only:
+            ckpt.optimizer = self.optimizer.state_dict() if self.optimizer is not None else None
+            ckpt.rng = capture_rng()
+        return ckpt
+
+    def save_checkpoint(self, path: Path, *, weights_only: bool = False) -> None:
+        save_checkpoint(path, self.checkpoint(weights_only=weights_only))
+
+    def load_checkpoint(self, ckpt: Checkpoint) -> None:
+        """Continue from `ckpt`: weights, EMA, callbacks and epoch now; optimizer when its phase starts."""
+        self.raw_model.load_state_dict(ckpt.model)
+        if self.ema is not None and ckpt.ema:
+            self.ema.load_state_dict(ckpt.ema)
+        states = ckpt.state.get("callbacks", {})
+        for cb in self.callbacks:
+            cb.load_state_dict(states.get(type(cb).__name__, {}))
+        self.epoch = int(ckpt.state["epoch"])
+        restore_rng(ckpt.rng)
+        self._pending = ckpt
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+
+def _optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=config.momentum, nesterov=True)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, momentum=config.momentum, eps=1e-3)
+    return torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-6)
+
+
+def _mixer(config: TrainConfig, num_classes: int) -> Any:
+    """MixUp and/or CutMix on training batches (torchvision v2); None when both are off."""
+    choices = []
+    if config.mixup > 0:
+        choices.append(v2.MixUp(alpha=config.mixup, num_classes=num_classes))
+    if config.cutmix > 0:
+        choices.append(v2.CutMix(alpha=config.cutmix, num_classes=num_classes))
+    if not choices:
+        return None
+    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+
+def _timed(loader: Any) -> Iterator[tuple[Any, float]]:
+    """Each batch with the seconds spent waiting for it: the data-loading bottleneck made visible."""
+    iterator = iter(loader)
+    while True:
+        started = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - started
+
+
+def _cycle(loader: Any) -> Iterator[Any]:
+    while True:
+        for batch in loader:
+            if batch is not None:
+                yield batch

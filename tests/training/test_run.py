@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import write_class_folders
+from visiontune.bundle import load_bundle
+from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from visiontune.training.run import resume_config, train
+
+REPO = Path(__file__).resolve().parents[2]
+SCORES = ("train_loss", "valid_loss", "accuracy", "balanced_accuracy", "lr")
+
+
+@pytest.fixture
+def tiny(tmp_path: Path, fashion: dict) -> Path:
+    """3 classes x 24 real Fashion-MNIST images."""
+    return write_class_folders(tmp_path / "data", fashion, per_class=24)
+
+
+def _config(data: Path, out: Path, **train: object) -> RunConfig:
+    defaults = {"epochs": 2, "freeze_epochs": 1, "batch_size": 16, "num_workers": 0, "lr": 3e-3}
+    return RunConfig(
+        DataConfig(source=str(data), valid_pct=0.25),
+        ModelConfig(name="small_cnn", image_size=28),
+        TrainConfig(method="scratch", **{**defaults, **train}),  # type: ignore[arg-type]
+        out=str(out),
+    )
+
+
+def _scores(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as handle:
+        return [{k: row[k] for k in ("epoch", *SCORES)} for row in csv.DictReader(handle)]
+
+
+def test_run_folder_and_bundle(tiny: Path, tmp_path: Path) -> None:
+    result = train(_config(tiny, tmp_path / "run"))
+    run = result.run_dir
+    for name in (
+        "config.yaml",
+        "run.json",
+        "classes.json",
+        "splits.csv",
+        "metrics.csv",
+        "metrics.jsonl",
+        "history.png",
+    ):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "last.safetensors").is_file() and (run / "checkpoints" / "best.safetensors").is_file()
+    assert [r["epoch"] for r in _scores(run)] == ["1", "2", "3"]
+    info = json.loads((run / "run.json").read_text())
+    assert len(info["data_manifest_sha256"]) == 64 and torch.__version__.startswith(info["versions"]["torch"])
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["name"] == "small_cnn"
+    model, meta = load_bundle(run)
+    assert meta.classes == ["sneaker", "t-shirt_top", "trouser"]
+    assert meta.preprocessing.image_size == (28, 28)
+    assert model(torch.zeros(2, 3, 28, 28)).shape == (2, 3)
+    assert 0.0 <= result.metrics["valid_accuracy"] <= 1.0
+
+
+def test_same_command_twice_gives_the_same_metrics(tiny: Path, tmp_path: Path) -> None:
+    a = train(_config(tiny, tmp_path / "a", augment="strong"))
+    b = train(_config(tiny, tmp_path / "b", augment="strong"))
+    assert _scores(a.run_dir) == _scores(b.run_dir)
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from visiontune.config import RunConfig, load_yaml
+    from visiontune.training.callbacks import Callback
+    from visiontune.training.run import train
+
+    class KillMidEpoch(Callback):
+        def __init__(self):
+            self.batches = 0
+        def after_batch(self, trainer, loss, size):
+            self.batches += 1
+            if trainer.epoch == 2 and self.batches % 3 == 0:  # inside the third epoch
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    train(RunConfig.from_dict(load_yaml(sys.argv[1])), callbacks=[KillMidEpoch()])
+    """
+)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny: Path, tmp_path: Path) -> None:
+    config = _config(tiny, tmp_path / "killed", epochs=3, freeze_epochs=1, augment="standard")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    (tmp_path / "killer.py").write_text(KILLER)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, str(tmp_path / "killer.py"), str(tmp_path / "cfg.yaml")], env=env)
+    assert proc.returncode == -9
+    killed = tmp_path / "killed"
+    assert [r["epoch"] for r in _scores(killed)] == ["1", "2"]
+    assert not (killed / "model").exists()
+
+    resumed = train(resume_config(killed), resume=killed)
+    straight = train(_config(tiny, tmp_path / "straight", epochs=3, freeze_epochs=1, augment="standard"))
+    assert _scores(resumed.run_dir) == _scores(straight.run_dir)
+    assert resumed.metrics == straight.metrics
+
+
+def test_fine_tune_freezes_then_unfreezes_pretrained_backbone(tiny: Path, tmp_path: Path) -> None:
+    config = RunConfig(
+        DataConfig(source=str(tiny), valid_pct=0.25),
+        ModelConfig(name="efficientnet_lite0", image_size=32),
+        TrainConfig(epochs=1, freeze_epochs=1, batch_size=16, num_workers=0),
+        out=str(tmp_path / "ft"),
+    )
+    result = train(config)
+    rows = list(csv.DictReader((result.run_dir / "metrics.csv").read_text().splitlines()))
+    assert [r["phase"] for r in rows] == ["frozen", "unfrozen"]
+    params = json.loads((result.run_dir / "run.json").read_text())["parameters"]
+    assert params["total"] > 3_000_000
+
+
+def test_resume_of_a_folder_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    from visiontune.training.checkpoint import CheckpointError
+
+    (tmp_path / "r").mkdir()
+    with pytest.raises(CheckpointError, match=r"no config\.yaml"):
+        resume_config(tmp_path / "r")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "r" / "config.yaml")
+    with pytest.raises(CheckpointError, match="no checkpoint yet"):
+        resume_config(tmp_path / "r")
