@@ -32,22 +32,25 @@ from visiontune.training.trainer import Trainer, make_accelerator
 
 
 class StepTimer(Callback):
-    """Time from the end of warm-up batch `skip` to the end of the epoch, counting images."""
+    """Time from the end of warm-up batch `skip` to the end of the last training batch, counting images.
+
+    The validation pass and checkpoint after the epoch are left out, as the reference has neither.
+    """
 
     def __init__(self, skip: int) -> None:
-        self.skip, self.batches, self.images, self.start = skip, 0, 0, 0.0
+        self.skip, self.batches, self.images, self.start, self.end = skip, 0, 0, 0.0, 0.0
 
     def after_batch(self, trainer: Trainer, loss: float, batch_size: int) -> None:
         self.batches += 1
+        _sync()
         if self.batches == self.skip:
-            _sync()
             self.start = time.perf_counter()
         elif self.batches > self.skip:
             self.images += batch_size
+            self.end = time.perf_counter()
 
     def rate(self) -> float:
-        _sync()
-        return self.images / (time.perf_counter() - self.start)
+        return self.images / (self.end - self.start)
 
 
 def _sync() -> None:

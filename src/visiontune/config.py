@@ -185,6 +185,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 BALANCE = ("auto", "none", "weights", "sampler")
 MONITORS = ("auto", "accuracy", "balanced_accuracy", "valid_loss")
+BN_STATS = ("frozen", "adapt")
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,8 @@ class TrainConfig:
     """How to train: fastai's fine_tune by default (frozen epochs, then all layers with discriminative LRs).
 
     `lr=None` means "find it" with the learning-rate range test; `epochs` counts the unfrozen phase.
+    `bn_stats="frozen"` keeps the backbone's pretrained BatchNorm statistics while fine-tuning
+    (Keras' advice; no jolt when the backbone unfreezes); "adapt" lets them follow the new data.
     """
 
     method: str = "finetune"
@@ -224,6 +227,7 @@ class TrainConfig:
     lr: float | None = 2e-3
     lr_ratio: float = 100.0
     unfreeze_top: int | None = None
+    bn_stats: str = "frozen"
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     momentum: float = 0.9
@@ -252,6 +256,7 @@ class TrainConfig:
         check_choice("augment", self.augment, AUGMENT_PRESETS)
         check_choice("balance", self.balance, BALANCE)
         check_choice("monitor", self.monitor, MONITORS)
+        check_choice("bn_stats", self.bn_stats, BN_STATS)
         check_range("epochs", self.epochs, 0, 100_000)
         check_range("freeze_epochs", self.freeze_epochs, 0, 100_000)
         if self.epochs + self.freeze_epochs < 1:

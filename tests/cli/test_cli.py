@@ -34,7 +34,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: st
 def test_version_and_help() -> None:
     assert visiontune("--version").stdout.startswith("visiontune ")
     helptext = visiontune("--help").stdout
-    for command in ("datasets", "inspect", "train"):
+    for command in ("datasets", "inspect", "train", "models"):
         assert command in helptext
 
 
@@ -97,3 +97,29 @@ def test_train_small_cnn_end_to_end_with_json_log(tmp_path: Path, fashion: dict)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["epoch"] for r in rows] == [1] and rows[0]["phase"] == "fit"
     assert (tmp_path / "run" / "model" / "bundle.json").is_file()
+
+
+FULL_DISK = """
+import errno, os, sys
+import visiontune.training.checkpoint as checkpoint
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+checkpoint.save_file = full_disk
+from visiontune.cli.main import run
+sys.argv = ["visiontune", *sys.argv[1:]]
+run()
+"""
+
+
+def test_full_disk_while_checkpointing_is_one_line(tmp_path: Path, fashion: dict) -> None:
+    data = write_class_folders(tmp_path / "d", fashion, per_class=6)
+    (tmp_path / "full_disk.py").write_text(FULL_DISK)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "full_disk.py"), "train", str(data), "--model", "small_cnn", "--method",
+         "scratch", "--image-size", "28", "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert_one_line_error(proc, "disk full while writing a checkpoint", "resume")

@@ -120,6 +120,20 @@ def test_unfreeze_top_groups_then_everything(lite0: Classifier) -> None:
     assert all(m.training for m in lite0.modules())
 
 
+def test_frozen_bn_statistics_survive_unfreezing_while_bn_weights_train(lite0: Classifier) -> None:
+    lite0.unfreeze()
+    lite0.freeze_bn_stats()
+    lite0.train()
+    bn = lite0.backbone.bn1
+    before = bn.running_mean.clone()
+    lite0(torch.randn(4, 3, 64, 64) * 3 + 1).sum().backward()
+    assert torch.equal(bn.running_mean, before) and not bn.training
+    assert bn.weight.requires_grad and bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0
+    lite0.freeze_bn_stats(False)  # "adapt": the statistics follow the data again
+    lite0(torch.randn(4, 3, 64, 64) * 3 + 1)
+    assert bn.training and not torch.equal(bn.running_mean, before)
+
+
 def _check_param_groups(model: Classifier, groups: list[dict], lr: float) -> None:
     lrs = [g["lr"] for g in groups]
     assert lrs == sorted(lrs) and lrs[-1] == pytest.approx(lr)

@@ -134,3 +134,20 @@ def test_resume_of_a_folder_without_checkpoint_is_a_clear_error(tmp_path: Path) 
     shutil.copy(REPO / "pyproject.toml", tmp_path / "r" / "config.yaml")
     with pytest.raises(CheckpointError, match="no checkpoint yet"):
         resume_config(tmp_path / "r")
+
+
+def test_an_existing_run_is_never_trained_over_silently(tiny: Path, tmp_path: Path) -> None:
+    from visiontune.training.run import RunExistsError
+
+    first = train(_config(tiny, tmp_path / "run", epochs=1, freeze_epochs=0))
+    (first.run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(RunExistsError, match="--resume"):
+        train(_config(tiny, tmp_path / "run", epochs=1, freeze_epochs=0))
+    assert (first.run_dir / "notes.txt").is_file()
+    train(_config(tiny, tmp_path / "run", epochs=2, freeze_epochs=0), overwrite=True)
+    assert not (first.run_dir / "notes.txt").exists()
+    assert len(_scores(first.run_dir)) == 2
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "thesis.tex").write_text("x")
+    with pytest.raises(RunExistsError, match="other files"):
+        train(_config(tiny, tmp_path / "other", epochs=1, freeze_epochs=0))

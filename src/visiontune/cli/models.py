@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import timm
-import torch
 import typer
 from rich.columns import Columns
 from rich.table import Table
 
 from visiontune.cli.console import console
-from visiontune.models import BackboneSpec, build_backbone, list_backbones
+
+if TYPE_CHECKING:
+    from visiontune.models import BackboneSpec
 
 
 def models_command(
@@ -24,6 +24,10 @@ def models_command(
     ] = False,
 ) -> None:
     """List the backbones: offline-pretrained, scratch baselines, and (with --all) timm's names."""
+    import timm  # heavy imports here keep `visiontune --help` fast
+
+    from visiontune.models import list_backbones
+
     console.print(_backbone_table(list_backbones()))
     console.print(
         "Any timm model name works too (e.g. resnet18, convnext_tiny): pretrained weights come from the"
@@ -47,6 +51,10 @@ def _backbone_table(specs: list[BackboneSpec]) -> Table:
 
 def _backbone_millions(spec: BackboneSpec) -> float:
     """Backbone parameters (no classifier), counted on the meta device: no memory, no weights read."""
+    import torch
+
+    from visiontune.models import build_backbone
+
     with torch.device("meta"):
         backbone = build_backbone(spec, image_size=(spec.default_size, spec.default_size))
     return sum(p.numel() for p in backbone.parameters()) / 1e6

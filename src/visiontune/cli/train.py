@@ -19,7 +19,6 @@ from rich.table import Table
 from visiontune.cli.console import console, err_console
 from visiontune.config import RunConfig, load_yaml
 from visiontune.training.callbacks import Callback
-from visiontune.training.run import resume_config, train
 
 Opt = typer.Option
 
@@ -45,6 +44,9 @@ def train_command(
     optimizer: Annotated[str | None, Opt(help="adamw, sgd or rmsprop.")] = None,
     patience: Annotated[int | None, Opt(help="Stop after this many epochs without improvement.")] = None,
     unfreeze_top: Annotated[int | None, Opt(help="Unfreeze only the top N layer groups (Keras recipe).")] = None,
+    bn_stats: Annotated[
+        str | None, Opt(help="Fine-tuning keeps BatchNorm statistics 'frozen' (default) or lets them 'adapt'.")
+    ] = None,
     accumulate: Annotated[int | None, Opt(help="Gradient accumulation steps.")] = None,
     compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
     workers: Annotated[int | None, Opt(help="Data-loading worker processes.")] = None,
@@ -60,10 +62,13 @@ def train_command(
     resume: Annotated[
         Path | None, Opt("--resume", help="Continue an interrupted run from its last checkpoint.")
     ] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in the --out folder.")] = False,
     quiet: Annotated[bool, Opt("--quiet", help="No progress display; just the result.")] = False,
     json_log: Annotated[bool, Opt("--json", help="One JSON line per epoch on stdout (for scripts).")] = False,
 ) -> None:
     """Train a classifier on DATA (transfer learning from a pretrained backbone by default)."""
+    from visiontune.training.run import resume_config, train  # torch, timm: loaded only when training
+
     if resume is not None:
         run_config = resume_config(resume)
     else:
@@ -78,14 +83,14 @@ def train_command(
             "train": {"method": method, "epochs": epochs, "freeze_epochs": freeze_epochs, "batch_size": batch_size,
                       "augment": augment, "rotation": rotation, "precision": precision,
                       "label_smoothing": label_smoothing,
-                      "optimizer": optimizer, "patience": patience, "unfreeze_top": unfreeze_top,
+                      "optimizer": optimizer, "patience": patience, "unfreeze_top": unfreeze_top, "bn_stats": bn_stats,
                       "accumulate": accumulate, "compile": compile, "num_workers": workers, "seed": seed},
         }  # fmt: skip
         if lr is not None:
             sections["train"]["lr"] = None if lr == "auto" else _float("--lr", lr)
         run_config = RunConfig.from_dict(_merge(values, sections, out))
     display = EpochDisplay(quiet=quiet or json_log, json_lines=json_log)
-    result = train(run_config, callbacks=[display], resume=resume)
+    result = train(run_config, callbacks=[display], resume=resume, overwrite=overwrite)
     display.close()
     _print_result(result, quiet=json_log)
 

@@ -46,6 +46,7 @@ class Classifier(nn.Module):
         self.preprocessing = preprocessing
         self.arch = dict(arch)
         self.num_features = int(backbone.num_features)
+        self.bn_stats_frozen = False
         self._group_names = backbone_group_names(backbone)
 
     @property
@@ -110,16 +111,26 @@ class Classifier(nn.Module):
         self.head.requires_grad_(True)
         self.train(self.training)  # re-apply the BatchNorm rule below to the new split
 
+    def freeze_bn_stats(self, frozen: bool = True) -> None:
+        """Keep every backbone BatchNorm in inference mode, even where its weights train (the Keras recipe).
+
+        Its scale and shift still learn, but normalisation keeps the pretrained statistics, so
+        unfreezing doesn't suddenly change the features the new head has just learned to read.
+        """
+        self.bn_stats_frozen = frozen
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> Classifier:
         """Like nn.Module.train, but BatchNorm layers whose parameters are all frozen stay in eval mode.
 
         Otherwise a "frozen" backbone would still drift: its running statistics would follow the
-        new data in every training forward pass.
+        new data in every training forward pass. With `freeze_bn_stats()` every BatchNorm stays in eval mode.
         """
         super().train(mode)
         if mode:
+            keep_all = self.bn_stats_frozen
             for module in self.backbone.modules():
-                if isinstance(module, _BatchNorm) and _is_frozen(module):
+                if isinstance(module, _BatchNorm) and (keep_all or _is_frozen(module)):
                     module.eval()
         return self
 

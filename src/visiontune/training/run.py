@@ -15,6 +15,7 @@ import json
 import logging
 import platform
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from visiontune.config import LoaderConfig, RunConfig, TrainConfig, load_yaml, s
 from visiontune.data.audit import suggest_image_size
 from visiontune.data.datamodule import DataModule
 from visiontune.data.dataset import LabelledImages, load_data
+from visiontune.errors import VisiontuneError
 from visiontune.evaluation.metrics import imbalance_ratio
 from visiontune.io import atomic_write_json, atomic_write_text
 from visiontune.models import create_classifier, get_backbone
@@ -48,6 +50,10 @@ from visiontune.training.checkpoint import CheckpointError, load_checkpoint
 from visiontune.training.trainer import Trainer, make_accelerator, resolve_precision
 
 log = logging.getLogger(__name__)
+
+
+class RunExistsError(VisiontuneError):
+    """The output folder already holds a run (or other files)."""
 
 
 @dataclass
@@ -67,8 +73,11 @@ def train(
     callbacks: Sequence[Callback] = (),
     resume: str | Path | None = None,
     label_func: Callable[[Path], object] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a classifier as `config` says and write its run folder and bundle.
+
+    A folder that already holds a run is refused unless `overwrite` (which replaces it) or `resume`.
 
     Example:
         >>> result = train(RunConfig(DataConfig(source="photos")))
@@ -76,7 +85,7 @@ def train(
     """
     started = time.perf_counter()
     accelerator = make_accelerator(config.train)
-    run_dir = _run_dir(config, accelerator, resume)
+    run_dir = _run_dir(config, accelerator, resume, overwrite=overwrite)
     with accelerator.main_process_first():  # the main process fills the file-info cache for the others
         data = load_data(config.data.source, config.data, label_func=label_func)
     config = _resolved(config, data)
@@ -132,7 +141,7 @@ def resume_config(run_dir: str | Path) -> RunConfig:
 
 
 # ---------------------------------------------------------------------------------------- set-up
-def _run_dir(config: RunConfig, accelerator: Accelerator, resume: str | Path | None) -> Path:
+def _run_dir(config: RunConfig, accelerator: Accelerator, resume: str | Path | None, *, overwrite: bool) -> Path:
     """runs/<date>-<data>-<model> unless --out says otherwise; the same path on every rank."""
     if resume is not None:
         return Path(resume)
@@ -146,6 +155,17 @@ def _run_dir(config: RunConfig, accelerator: Accelerator, resume: str | Path | N
     if accelerator.num_processes > 1:
         broadcast_object_list(holder)
     path = Path(holder[0])
+    if (path / "config.yaml").is_file():
+        if not overwrite:
+            raise RunExistsError(
+                f"{path} already holds a run: continue it with --resume {path}, replace it with --overwrite,"
+                " or choose another --out"
+            )
+        if accelerator.is_main_process:
+            shutil.rmtree(path)
+    elif path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise RunExistsError(f"{path} is a folder of other files; choose another --out (or --overwrite to use it)")
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         path.mkdir(parents=True, exist_ok=True)
     return path
@@ -249,6 +269,8 @@ def _write_run_files(
             "counts": data.counts(),
             "imbalance_ratio": ratio,
             "monitor": monitor,
+            "balance": _balance(config.train, ratio),
+            "class_weights": None if trainer.class_weights is None else trainer.class_weights.tolist(),
             "precision": resolve_precision(config.train.precision),
             "processes": trainer.accelerator.num_processes,
             "parameters": trainer.raw_model.parameter_summary(),
@@ -273,7 +295,7 @@ def _finish(trainer: Trainer, config: RunConfig, data: LabelledImages, run_dir: 
     best_epoch = ckpt.state.get("epoch")
     bundle_dir = run_dir / "model"
     if trainer.is_main:
-        with trainer._ema_weights():
+        with trainer.ema_weights():
             save_bundle(bundle_dir, trainer.raw_model, _meta(trainer, config, data, metrics, best_epoch))
         elapsed = time.perf_counter() - started
         atomic_write_json(

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,6 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     return Accelerator(
         mixed_precision=mixed,
-        gradient_accumulation_steps=config.accumulate,
         dynamo_backend="inductor" if config.compile else "no",
         cpu=not torch.cuda.is_available(),
     )
@@ -141,7 +141,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- phases
     def _run_phase(self, phase: Phase, start: int, end: int) -> None:
-        steps_per_epoch = max(1, len(self.train_loader) // self.config.accumulate)
+        steps_per_epoch = max(1, math.ceil(len(self.train_loader) / self.config.accumulate))
         schedule = OneCycle(phase.epochs * steps_per_epoch, phase.pct_start, phase.div)
         resumed_inside = self.epoch > start
         self._prepare(phase, restore=self._pending if resumed_inside else None)
@@ -164,6 +164,9 @@ class Trainer:
             raw.freeze_backbone()
         else:
             raw.unfreeze(top=phase.unfreeze_top)
+        # fine-tuning keeps the pretrained BatchNorm statistics unless told to adapt them; `fit` (from
+        # scratch) must learn them
+        raw.freeze_bn_stats(phase.name != "fit" and self.config.bn_stats == "frozen")
         groups = raw.param_groups(phase.lr, weight_decay=self.config.weight_decay, lr_ratio=phase.lr_ratio)
         for group in groups:
             group["max_lr"] = group["lr"]
@@ -189,11 +192,17 @@ class Trainer:
         self.model.train()
         total_loss, seen, waited, lr = 0.0, 0, 0.0, 0.0
         started = time.perf_counter()
-        for batch, wait in _timed(self.train_loader):
+        batches, every = len(self.train_loader), self.config.accumulate
+        for index, (batch, wait) in enumerate(_timed(self.train_loader)):
             waited += wait
+            # Accumulate over `every` batches; the epoch's last group may be shorter and is scaled to match.
+            group_end = min((index // every + 1) * every, batches)
+            group_size = group_end - (index // every) * every
             if batch is None:  # every file of the batch failed to decode (already warned)
+                if index + 1 == group_end:
+                    self._optimizer_step()
                 continue
-            loss, size, lr = self._train_step(batch, schedule)
+            loss, size, lr = self._train_step(batch, schedule, group_size, last=index + 1 == group_end)
             total_loss, seen = total_loss + loss * size, seen + size
             self._call("after_batch", loss, size)
         elapsed = max(time.perf_counter() - started, 1e-9)
@@ -205,26 +214,37 @@ class Trainer:
             "data_wait_pct": 100.0 * waited / elapsed,
         }
 
-    def _train_step(self, batch: list[torch.Tensor], schedule: OneCycle) -> tuple[float, int, float]:
+    def _train_step(
+        self, batch: list[torch.Tensor], schedule: OneCycle, group_size: int, *, last: bool
+    ) -> tuple[float, int, float]:
+        """Forward and backward one batch; step the optimizer when it ends an accumulation group.
+
+        Gradients of a group of `group_size` batches add up to the mean over the group, so
+        `accumulate=k` with batch b matches batch k*b; DDP syncs only on the group's last batch.
+        """
         images, targets = self._to_device(batch[0]), batch[1].to(self.device, non_blocking=True)
         if self.mixer is not None:
             images, targets = self.mixer(images, targets)  # soft targets (B, classes)
         lr = apply_lr(self.optimizer, schedule.factor(self.step))
-        with self.accelerator.accumulate(self.model):
+        sync = last or self.accelerator.num_processes == 1
+        with nullcontext() if sync else self.accelerator.no_sync(self.model):
             logits = self.model(images)  # (B, classes), fp32: the head runs outside autocast
             loss = F.cross_entropy(
                 logits.float(), targets, weight=self.class_weights, label_smoothing=self.config.label_smoothing
             )
-            self.accelerator.backward(loss)
-            if self.accelerator.sync_gradients and self.config.clip_grad:
-                self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        if self.accelerator.sync_gradients:
-            self.step += 1
-            if self.ema is not None:
-                self.ema.update(self.raw_model)
+            self.accelerator.backward(loss / group_size)
+        if last:
+            self._optimizer_step()
         return float(loss.detach()), len(images), lr
+
+    def _optimizer_step(self) -> None:
+        if self.config.clip_grad:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.raw_model)
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
@@ -238,7 +258,7 @@ class Trainer:
             split, rank=self.accelerator.process_index, world_size=self.accelerator.num_processes
         )
         parts = []
-        with self._ema_weights():
+        with self.ema_weights():
             # the unwrapped module (its forward still autocast): DDP's forward would sync buffers across
             # ranks, and ranks may hold different numbers of evaluation batches
             self.raw_model.eval()
@@ -260,8 +280,7 @@ class Trainer:
         metrics = classification_metrics(logits, targets, num_classes=len(self.datamodule.classes))
         return {"valid_loss" if split == "valid" else f"{split}_loss": metrics.pop("loss"), **metrics}
 
-    def _ema_weights(self) -> Any:
-        from contextlib import nullcontext
+    def ema_weights(self) -> Any:
 
         return self.ema.applied(self.raw_model) if self.ema is not None else nullcontext()
 

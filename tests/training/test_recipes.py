@@ -1,0 +1,86 @@
+"""Training options that change what is learned: accumulation, --lr auto, early stopping, imbalance."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import write_class_folders
+from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from visiontune.training.run import train
+
+
+def _run(data: Path, out: Path, *, model: str = "mlp", **train_kw: object) -> RunConfig:
+    defaults = {
+        "method": "scratch", "epochs": 1, "freeze_epochs": 0, "batch_size": 16, "num_workers": 0, "lr": 3e-3,
+        "augment": "none", "label_smoothing": 0.0,
+    }  # fmt: skip
+    return RunConfig(
+        DataConfig(source=str(data), valid_pct=0.25),
+        ModelConfig(name=model, image_size=28, drop_rate=0.0),
+        TrainConfig(**{**defaults, **train_kw}),  # type: ignore[arg-type]
+        out=str(out),
+    )
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / "last.safetensors"))
+
+
+@pytest.fixture
+def tiny(tmp_path: Path, fashion: dict) -> Path:
+    return write_class_folders(tmp_path / "data", fashion, per_class=24)  # 54 train / 18 valid
+
+
+def test_accumulating_two_batches_of_8_equals_one_batch_of_16(tiny: Path, tmp_path: Path) -> None:
+    whole = train(_run(tiny, tmp_path / "b16", epochs=2, batch_size=16)).run_dir
+    split = train(_run(tiny, tmp_path / "b8x2", epochs=2, batch_size=8, accumulate=2)).run_dir
+    single = train(_run(tiny, tmp_path / "b8", epochs=2, batch_size=8)).run_dir
+    a, b, c = _weights(whole), _weights(split), _weights(single)
+    model_keys = [k for k in a if k.startswith("model.")]
+    assert model_keys
+    for key in model_keys:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    # ...and not because training did nothing: plain batches of 8 take twice the steps and differ.
+    assert any(not torch.allclose(a[k], c[k], atol=1e-4) for k in model_keys)
+
+
+def test_lr_auto_runs_the_range_test_and_records_the_rate(tiny: Path, tmp_path: Path) -> None:
+    result = train(_run(tiny, tmp_path / "auto", lr=None))
+    lr = yaml.safe_load((result.run_dir / "config.yaml").read_text())["train"]["lr"]
+    assert isinstance(lr, float) and 1e-6 < lr < 1.0
+    assert (result.run_dir / "lr_find.png").stat().st_size > 10_000
+    assert len(_rows(result.run_dir)) == 1
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(tiny: Path, tmp_path: Path) -> None:
+    # a learning rate this small can't move the validation accuracy: the run stops after `patience` epochs
+    result = train(_run(tiny, tmp_path / "stop", epochs=20, lr=1e-9, patience=2))
+    rows = _rows(result.run_dir)
+    assert len(rows) == 3
+    assert result.best_epoch == 1
+
+
+def test_imbalanced_data_monitors_balanced_accuracy_and_weights_the_loss(tmp_path: Path, fashion: dict) -> None:
+    data = write_class_folders(tmp_path / "data", fashion, classes=(0, 1), per_class=40)
+    for extra in sorted((data / "trouser").iterdir())[8:]:  # 40 t-shirts, 8 trousers
+        extra.unlink()
+    result = train(_run(data, tmp_path / "imb", model="small_cnn"))
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["imbalance_ratio"] > 3 and run["monitor"] == "balanced_accuracy"
+    config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert config["train"]["balance"] == "auto"
+    assert run["balance"] == "weights"
+    shirt, trouser = run["class_weights"]  # classes sorted: t-shirt_top, trouser
+    assert trouser > 3 * shirt
