@@ -126,7 +126,7 @@ def test_counts_split_and_sizes(class_folder: Path) -> None:
     assert report.total_bytes == sum(p.stat().st_size for p in class_folder.rglob("*.png"))
     assert report.sizes["width"] == {"min": 28.0, "median": 28.0, "max": 28.0}
     assert report.modes == {"L": 30} and report.formats == {"PNG": 30}
-    assert report.suggested_image_size == 64 and "28" in report.suggested_image_size_reason
+    assert report.suggested_image_size == 112 and "28" in report.suggested_image_size_reason
     assert report.images_per_s > 0 and report.elapsed_s > 0
     assert report.source_kind == "folder"
 
@@ -191,7 +191,7 @@ def test_folder_without_images_raises(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("min_side", "size"),
-    [(28, 64), (32, 64), (64, 128), (100, 224), (150, 224), (300, 288), (512, 384), (4000, 384)],
+    [(28, 112), (32, 128), (40, 160), (64, 224), (100, 224), (150, 224), (300, 288), (512, 384), (4000, 384)],
 )
 def test_suggested_image_size(min_side: int, size: int) -> None:
     assert suggest_image_size([min_side] * 3)[0] == size

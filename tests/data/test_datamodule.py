@@ -8,7 +8,8 @@ from PIL import Image
 
 from tests.data import image_factories as make
 from visiontune.config import AugmentConfig, LoaderConfig
-from visiontune.data.datamodule import DataModule
+from visiontune.data import datamodule
+from visiontune.data.datamodule import DataModule, default_num_workers
 from visiontune.data.dataset import load_data
 from visiontune.data.samplers import EpochSampler, balanced_weights
 from visiontune.data.transforms import Preprocessing
@@ -98,3 +99,14 @@ def test_dataset_holds_no_decoded_images(class_folder: Path) -> None:
     dataset = _module(class_folder).dataset("train")
     assert dataset.paths.dtype.kind == "U" and dataset.targets.dtype == "int64"
     assert not any(isinstance(v, Image.Image) for v in vars(dataset).values())
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpu", "workers"),
+    [(2, False, 0), (4, False, 0), (16, False, 4), (64, False, 8), (2, True, 1), (32, True, 8)],
+)
+def test_default_workers_leave_a_cpu_model_its_cores(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, gpu: bool, workers: int
+) -> None:
+    monkeypatch.setattr(datamodule, "available_cpus", lambda: cpus)
+    assert default_num_workers(gpu=gpu) == workers

@@ -16,7 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from visiontune.cli.console import console, err_console
+from visiontune.cli.console import console, err_console, progress_bar
 from visiontune.config import RunConfig, load_yaml
 from visiontune.training.callbacks import Callback
 
@@ -28,7 +28,19 @@ def train_command(
     model: Annotated[
         str | None, Opt("--model", "-m", help="Backbone: efficientnet_lite0/1/2, small_cnn, mlp, any timm name.")
     ] = None,
-    method: Annotated[str | None, Opt(help="finetune (pretrained, frozen then unfrozen) or scratch.")] = None,
+    method: Annotated[
+        str | None,
+        Opt(help="finetune (pretrained, frozen then unfrozen), scratch, or features (frozen embeddings + classical heads)."),
+    ] = None,
+    heads: Annotated[
+        str | None, Opt(help="--method features: comma list of logreg, rf, svm, knn, linear, mlp (default logreg,knn,linear).")
+    ] = None,
+    views: Annotated[
+        int | None, Opt(help="--method features: embed N views of each training image (N - 1 augmented), for small data.")
+    ] = None,
+    tta: Annotated[
+        bool | None, Opt("--tta/--no-tta", help="--method features: average each image's features with its mirror's.")
+    ] = None,
     weights: Annotated[str | None, Opt(help="Local weights file (.safetensors/.pth) for the backbone.")] = None,
     pretrained: Annotated[bool | None, Opt("--pretrained/--random-init", help="Start from pretrained weights.")] = None,
     epochs: Annotated[int | None, Opt(help="Epochs with all layers learning (after the frozen ones).")] = None,
@@ -47,6 +59,19 @@ def train_command(
     bn_stats: Annotated[
         str | None, Opt(help="Fine-tuning keeps BatchNorm statistics 'frozen' (default) or lets them 'adapt'.")
     ] = None,
+    lr_ratio: Annotated[
+        float | None, Opt(help="Head rate / earliest layers' rate when fine-tuning (discriminative LRs).")
+    ] = None,
+    weight_decay: Annotated[float | None, Opt(help="Weight decay (not on norms and biases).")] = None,
+    balance: Annotated[
+        str | None, Opt(help="Imbalanced classes: auto, none, weights (loss weights) or sampler (balanced batches).")
+    ] = None,
+    monitor: Annotated[
+        str | None, Opt(help="Metric choosing the best epoch: auto, accuracy, balanced_accuracy, valid_loss.")
+    ] = None,
+    mixup: Annotated[float | None, Opt(help="MixUp alpha (0 = off).")] = None,
+    cutmix: Annotated[float | None, Opt(help="CutMix alpha (0 = off).")] = None,
+    ema: Annotated[float | None, Opt(help="Keep an EMA of the weights with this decay, e.g. 0.999.")] = None,
     accumulate: Annotated[int | None, Opt(help="Gradient accumulation steps.")] = None,
     compile: Annotated[bool | None, Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
     workers: Annotated[int | None, Opt(help="Data-loading worker processes.")] = None,
@@ -84,15 +109,41 @@ def train_command(
                       "augment": augment, "rotation": rotation, "precision": precision,
                       "label_smoothing": label_smoothing,
                       "optimizer": optimizer, "patience": patience, "unfreeze_top": unfreeze_top, "bn_stats": bn_stats,
-                      "accumulate": accumulate, "compile": compile, "num_workers": workers, "seed": seed},
+                      "lr_ratio": lr_ratio, "weight_decay": weight_decay, "balance": balance, "monitor": monitor,
+                      "mixup": mixup, "cutmix": cutmix, "ema": ema,
+                      "accumulate": accumulate, "compile": compile, "num_workers": workers, "seed": seed,
+                      "heads": heads, "views": views, "tta": tta},
         }  # fmt: skip
         if lr is not None:
             sections["train"]["lr"] = None if lr == "auto" else _float("--lr", lr)
         run_config = RunConfig.from_dict(_merge(values, sections, out))
+    if run_config.train.method == "features" and resume is None:
+        _print_result(_train_features(run_config, overwrite=overwrite, quiet=quiet, json_lines=json_log), quiet=json_log)
+        return
     display = EpochDisplay(quiet=quiet or json_log, json_lines=json_log)
     result = train(run_config, callbacks=[display], resume=resume, overwrite=overwrite)
     display.close()
     _print_result(result, quiet=json_log)
+
+
+def _train_features(run_config: RunConfig, *, overwrite: bool, quiet: bool, json_lines: bool) -> Any:
+    """--method features: a progress bar while images are embedded, then one line (or JSON line) per head."""
+    from visiontune.features.run import train_features
+
+    def on_head(result: Any) -> None:
+        if json_lines:
+            sys.stdout.write(json.dumps(result.row()) + "\n")
+            sys.stdout.flush()
+        elif not quiet:
+            valid = result.valid
+            err_console.print(
+                f"{result.name:<7} accuracy {valid['accuracy']:.4f}  macro F1 {valid['macro_f1']:.4f}  "
+                f"fit {result.fit_s:.1f}s",
+                highlight=False,
+            )
+
+    with progress_bar("embedding images", quiet=quiet or json_lines) as (advance, set_total):
+        return train_features(run_config, overwrite=overwrite, progress=advance, on_total=set_total, on_head=on_head)
 
 
 def _float(name: str, text: str) -> float:
@@ -128,10 +179,18 @@ class EpochDisplay(Callback):
             return
         counts = trainer.raw_model.parameter_summary()
         err_console.print(
-            f"[bold]{trainer.raw_model.arch.get('name')}[/]: {counts['total'] / 1e6:.2f} M parameters "
-            f"({counts['trainable'] / 1e6:.2f} M trainable, {counts['frozen'] / 1e6:.2f} M frozen); "
+            f"[bold]{trainer.raw_model.arch.get('name')}[/]: {counts['total'] / 1e6:.2f} M parameters; "
             f"precision {trainer.precision}, {trainer.accelerator.num_processes} process(es) on {trainer.device}; "
             f"monitor {trainer.monitor}; run folder {trainer.out_dir}"
+        )
+
+    def before_phase(self, trainer: Any, phase: str) -> None:
+        if not trainer.is_main or self.quiet:
+            return
+        counts = trainer.raw_model.parameter_summary()
+        err_console.print(
+            f"phase [bold]{phase}[/]: {counts['trainable'] / 1e6:.2f} M trainable, "
+            f"{counts['frozen'] / 1e6:.2f} M frozen parameters"
         )
 
     def before_epoch(self, trainer: Any) -> None:
@@ -169,7 +228,7 @@ class EpochDisplay(Callback):
             sys.stdout.flush()
         elif not self.quiet:
             err_console.print(
-                f"epoch {metrics['epoch']:>3} [{metrics['phase']}]  train_loss {metrics['train_loss']:.4f}  "
+                f"epoch {metrics['epoch']:>3} {metrics['phase']:<8}  train_loss {metrics['train_loss']:.4f}  "
                 f"valid_loss {metrics['valid_loss']:.4f}  accuracy {metrics['accuracy']:.4f}  "
                 f"balanced {metrics['balanced_accuracy']:.4f}  lr {metrics['lr']:.2e}  "
                 f"{metrics['images_per_s']:.0f} img/s  data wait {metrics['data_wait_pct']:.0f}%  "
@@ -186,13 +245,29 @@ class EpochDisplay(Callback):
 def _print_result(result: Any, *, quiet: bool) -> None:
     if quiet:
         return
+    if getattr(result, "heads", None):
+        console.print(_heads_table(result))
     table = Table(title="Result", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("valid_accuracy", "valid_balanced_accuracy", "valid_loss", "test_accuracy", "test_balanced_accuracy"):
         if key in result.metrics:
             table.add_row(key, f"{result.metrics[key]:.4f}")
-    table.add_row("best epoch", str(result.best_epoch))
+    if getattr(result, "best_head", None):
+        table.add_row("head", result.best_head)
+    else:
+        table.add_row("best epoch", str(result.best_epoch))
     table.add_row("time", f"{result.elapsed_s:.0f} s")
     console.print(table)
     console.print(f"run folder: [bold]{result.run_dir}[/]   model bundle: [bold]{result.bundle_dir}[/]")
+
+
+def _heads_table(result: Any) -> Table:
+    """--method features: each head's validation scores and fit time; the kept one marked."""
+    table = Table(title="Heads (validation)", show_header=True)
+    for column in ("head", "accuracy", "macro F1", "fit time"):
+        table.add_column(column, justify="left" if column == "head" else "right")
+    for row in result.heads:
+        name = f"[bold]{row['head']}[/] (kept)" if row["best"] else row["head"]
+        table.add_row(name, f"{row['valid_accuracy']:.4f}", f"{row['valid_macro_f1']:.4f}", f"{row['fit_s']:.1f} s")
+    return table

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import sqlite3
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -215,9 +216,15 @@ def _pool(workers: int, count: int) -> Executor:
     """Processes for big scans: per-file work on small images is Python-bound and holds the GIL
     (threads measured slower than one thread on 28 px PNGs); a thread for small scans, where
     starting processes would cost more than it saves."""
-    if workers > 1 and count >= _PROCESS_MIN_FILES:
+    if workers > 1 and count >= _PROCESS_MIN_FILES and _spawn_can_start():
         return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     return ThreadPoolExecutor(max_workers=1)
+
+
+def _spawn_can_start() -> bool:
+    """Spawned processes re-import __main__ from its file: impossible for a script piped to `python -`."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
 
 
 def _stat(path: str) -> os.stat_result | None:

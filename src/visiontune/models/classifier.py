@@ -56,6 +56,10 @@ class Classifier(nn.Module):
     @classmethod
     def from_arch(cls, arch: dict[str, Any]) -> Classifier:
         """The same module as when `arch` was saved, randomly initialised, ready for `load_state_dict`."""
+        if "fitted_head" in arch:  # a classical head fitted on frozen features (method="features")
+            from visiontune.models.fitted import FeatureClassifier
+
+            return FeatureClassifier.from_arch(arch)
         missing = [k for k in _ARCH_KEYS if k not in arch]
         if missing:
             raise ModelError(f"model arch lacks {', '.join(missing)}; was it written by visiontune?")

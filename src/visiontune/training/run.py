@@ -83,6 +83,10 @@ def train(
         >>> result = train(RunConfig(DataConfig(source="photos")))
         >>> result.metrics["valid_accuracy"], result.bundle_dir
     """
+    if config.train.method == "features":  # no training loop: embed once, fit classical heads
+        from visiontune.features.run import train_features
+
+        return train_features(config, resume=resume, overwrite=overwrite, label_func=label_func)
     started = time.perf_counter()
     accelerator = make_accelerator(config.train)
     run_dir = _run_dir(config, accelerator, resume, overwrite=overwrite)
@@ -175,14 +179,17 @@ def _resolved(config: RunConfig, data: LabelledImages) -> RunConfig:
     """Fill in what was left to the data, so config.yaml says what really ran.
 
     The image size defaults to what the audit suggests for these images, at most the backbone's own
-    size: 28 px Fashion-MNIST trains at 64 px (seconds an epoch on a CPU), photos at 224.
-    The `strong` recipe adds MixUp/CutMix and an EMA of the weights unless they were set.
+    size: 28 px Fashion-MNIST trains at 112 px, photos at 224.
+    The `strong` recipe adds MixUp/CutMix and an EMA of the weights unless they were set. A randomly
+    initialised backbone has no BatchNorm statistics worth freezing, so they adapt.
     """
     if config.model.image_size is None:
         sides = [min(i.width, i.height) for s in data.split("train") if (i := data.infos[s.path]).width and i.height]
         size = min(suggest_image_size(sides)[0], get_backbone(config.model.name).default_size)
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, image_size=size))
     train = config.train
+    if not config.model.pretrained and config.model.weights is None and train.bn_stats == "frozen":
+        train = dataclasses.replace(train, bn_stats="adapt")  # random init: no statistics worth keeping
     if train.augment == "strong":
         if train.mixup == 0 and train.cutmix == 0:
             train = dataclasses.replace(train, mixup=0.2, cutmix=1.0)

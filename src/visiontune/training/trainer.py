@@ -117,7 +117,7 @@ class Trainer:
         return self.accelerator.is_main_process
 
     # ----------------------------------------------------------------------------------- recipes
-    def fine_tune(self, *, epochs: int, freeze_epochs: int = 1, lr: float = 2e-3, lr_ratio: float = 100.0) -> None:
+    def fine_tune(self, *, epochs: int, freeze_epochs: int = 1, lr: float = 2e-3, lr_ratio: float = 10.0) -> None:
         """Frozen backbone for `freeze_epochs`, then all (or the top `unfreeze_top`) layers for `epochs`."""
         phases = [
             Phase("frozen", freeze_epochs, lr, 1.0, pct_start=0.99),
