@@ -75,15 +75,17 @@ class DataConfig:
 class AugmentConfig:
     """Training-time augmentation; built from a preset, every field overridable.
 
-    `scale` is the smallest fraction of the image area a random crop keeps (the zoom);
-    `rotation` is in degrees (the seeds tried up to 90).
+    `scale` is the range of the image area a random crop keeps (the zoom); `rotation` is in degrees
+    (the seeds tried up to 90). The field defaults are the `standard` preset: flips and a mild zoom,
+    which beat adding rotation, a stronger zoom and colour jitter when fine-tuning on small images
+    (bench/RESULTS.md); `strong` adds those and more for long runs.
     """
 
     hflip: bool = True
     vflip: bool = False
-    rotation: float = 10.0
-    scale: tuple[float, float] = (0.6, 1.0)
-    color_jitter: float = 0.2
+    rotation: float = 0.0
+    scale: tuple[float, float] = (0.8, 1.0)
+    color_jitter: float = 0.0
     trivial_augment: bool = False
     random_erasing: float = 0.0
 
@@ -112,7 +114,7 @@ class AugmentConfig:
 
 _PRESETS: dict[str, AugmentConfig] = {
     "none": AugmentConfig(hflip=False, rotation=0.0, scale=(1.0, 1.0), color_jitter=0.0),
-    "light": AugmentConfig(hflip=True, rotation=0.0, scale=(0.8, 1.0), color_jitter=0.0),
+    "light": AugmentConfig(hflip=True, rotation=0.0, scale=(1.0, 1.0), color_jitter=0.0),
     "standard": AugmentConfig(),
     "strong": AugmentConfig(
         rotation=20.0, scale=(0.35, 1.0), color_jitter=0.3, trivial_augment=True, random_erasing=0.25
@@ -222,9 +224,9 @@ class TrainConfig:
     (Keras' advice; no jolt when the backbone unfreezes); "adapt" lets them follow the new data.
 
     The defaults were chosen on the bundled Fashion-MNIST subset (bench/RESULTS.md): 1 + 6 epochs,
-    earliest layers at a tenth of the head's rate, and the `light` augmentation (flip and a mild
-    zoom); `standard` (rotation, stronger zoom, colour) and EMA helped neither a short schedule nor
-    small images, and suit longer runs on photos.
+    earliest layers at a tenth of the head's rate, and the `standard` augmentation (flips and a mild
+    zoom); rotation, a stronger zoom, colour jitter and EMA helped neither a short schedule nor
+    small images (`strong` has them, for longer runs).
     """
 
     method: str = "finetune"
@@ -244,7 +246,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
-    augment: str = "light"
+    augment: str = "standard"
     rotation: float | None = None
     mixup: float = 0.0
     cutmix: float = 0.0

@@ -155,9 +155,11 @@ def test_augment_settings_pick_the_steps() -> None:
     strong = names(build_transform(pre(32), train=True, augment=AugmentConfig.preset("strong")))
     assert strong[-1] == "RandomErasing" and strong.index("Normalize") < strong.index("RandomErasing")
     assert {"RandomResizedCrop", "RandomRotation", "ColorJitter", "TrivialAugmentWide"} <= set(strong)
-    light = names(build_transform(pre(32, "crop"), train=True, augment=AugmentConfig.preset("light", vflip=True)))
-    assert light[:3] == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomVerticalFlip"]
-    assert "RandomRotation" not in light and "ColorJitter" not in light
+    standard = names(build_transform(pre(32, "crop"), train=True, augment=AugmentConfig.preset("standard", vflip=True)))
+    assert standard[:3] == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomVerticalFlip"]
+    assert "RandomRotation" not in standard and "ColorJitter" not in standard
+    light = names(build_transform(pre(32), train=True, augment=AugmentConfig.preset("light")))
+    assert "RandomHorizontalFlip" in light and "RandomResizedCrop" not in light
     assert "RandomResizedCrop" not in names(build_transform(pre(32), train=True, augment=AugmentConfig(scale=(1, 1))))
     assert names(build_transform(pre(32), train=False, augment=AugmentConfig.preset("strong")))[0] == "Resize"
 
