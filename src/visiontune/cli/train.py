@@ -30,13 +30,13 @@ def train_command(
     ] = None,
     method: Annotated[
         str | None,
-        Opt(help="finetune (pretrained, frozen then unfrozen), scratch, or features (frozen embeddings + classical heads)."),
+        Opt(help="finetune (pretrained, frozen then unfrozen), scratch, or features (frozen features, classic heads)."),
     ] = None,
     heads: Annotated[
-        str | None, Opt(help="--method features: comma list of logreg, rf, svm, knn, linear, mlp (default logreg,knn,linear).")
+        str | None, Opt(help="--method features: any of logreg,rf,svm,knn,linear,mlp (default: logreg,knn,linear).")
     ] = None,
     views: Annotated[
-        int | None, Opt(help="--method features: embed N views of each training image (N - 1 augmented), for small data.")
+        int | None, Opt(help="--method features: N views of each training image (N - 1 augmented), for small data.")
     ] = None,
     tta: Annotated[
         bool | None, Opt("--tta/--no-tta", help="--method features: average each image's features with its mirror's.")
@@ -118,7 +118,8 @@ def train_command(
             sections["train"]["lr"] = None if lr == "auto" else _float("--lr", lr)
         run_config = RunConfig.from_dict(_merge(values, sections, out))
     if run_config.train.method == "features" and resume is None:
-        _print_result(_train_features(run_config, overwrite=overwrite, quiet=quiet, json_lines=json_log), quiet=json_log)
+        result = _train_features(run_config, overwrite=overwrite, quiet=quiet, json_lines=json_log)
+        _print_result(result, quiet=json_log)
         return
     display = EpochDisplay(quiet=quiet or json_log, json_lines=json_log)
     result = train(run_config, callbacks=[display], resume=resume, overwrite=overwrite)
