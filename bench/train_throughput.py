@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import alternate, print_ratio
 
 from visiontune.config import AugmentConfig, DataConfig, LoaderConfig, TrainConfig
 from visiontune.data.datamodule import DataModule
@@ -120,23 +121,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({available_cpus()} cores)"
-    refs, ourss = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        export_dataset("fashion-mnist", Path(tmp) / "fm")
-        for _ in range(args.repeats):  # alternate, and keep each side's best: a shared CPU only slows runs down
-            refs.append(reference(Path(tmp) / "fm", args))
-            ourss.append(ours(Path(tmp) / "fm", args))
-    ref, our = max(refs), max(ourss)
+        data = Path(tmp) / "fm"
+        export_dataset("fashion-mnist", data)
+        refs, ourss = alternate(args.repeats, lambda: reference(data, args), lambda: ours(data, args))
     print(f"device: {device}; torch {torch.__version__}")
     print(f"efficientnet_lite0, {args.image_size} px, batch {args.batch_size}")
     print(f"precision {args.precision}, channels_last {args.channels_last}; 2,850 training images (bundled subset)")
-    print(f"reference (plain loop, tensors in memory): {ref:8.1f} images/s (runs: {_rates(refs)})")
-    print(f"visiontune Trainer (files, DataModule):    {our:8.1f} images/s (runs: {_rates(ourss)})")
-    print(f"ratio ours / reference: {our / ref:.2f}x")
-
-
-def _rates(values: list[float]) -> str:
-    return ", ".join(f"{v:.1f}" for v in values)
+    print_ratio(("reference (plain loop, tensors in memory)", refs), ("visiontune Trainer (files, DataModule)", ourss))
 
 
 if __name__ == "__main__":

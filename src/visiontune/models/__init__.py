@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 from visiontune.models.classifier import Classifier, build_backbone, create_classifier
+from visiontune.models.fitted import FeatureClassifier, FittedHead, fitted_head
 from visiontune.models.heads import POOLS, ClassifierHead, pool_features
 from visiontune.models.registry import BackboneSpec, get_backbone, list_backbones, register_backbone
 from visiontune.models.scratch import MLP, SmallCNN
@@ -28,11 +29,14 @@ __all__ = [
     "BackboneSpec",
     "Classifier",
     "ClassifierHead",
+    "FeatureClassifier",
+    "FittedHead",
     "OfflineWeights",
     "SmallCNN",
     "build_backbone",
     "create_classifier",
     "create_timm_model",
+    "fitted_head",
     "get_backbone",
     "list_backbones",
     "load_offline_weights",

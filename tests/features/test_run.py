@@ -1,0 +1,96 @@
+"""method="features" end to end: run folder, bundle, cache reuse, views and TTA."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import write_class_folders
+from visiontune.bundle import load_bundle
+from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from visiontune.data.datamodule import DataModule
+from visiontune.data.dataset import load_data
+from visiontune.errors import ConfigError
+from visiontune.features.run import FeaturesResult
+from visiontune.training.run import train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, fashion: dict) -> Path:
+    """train/<3 classes> x 20 and test/<3 classes> x 6 real images."""
+    root = tmp_path_factory.mktemp("features") / "data"
+    write_class_folders(root / "train", fashion, per_class=20)
+    write_class_folders(root / "test", fashion, per_class=6, split="test")
+    return root
+
+
+def _config(data: Path, out: Path, **train: object) -> RunConfig:
+    return RunConfig(
+        DataConfig(source=str(data), valid_pct=0.25),
+        ModelConfig(image_size=32),  # efficientnet_lite0 with its ImageNet weights: this is transfer
+        TrainConfig(method="features", batch_size=16, **train),  # type: ignore[arg-type]
+        out=str(out),
+    )
+
+
+def _bundle_logits(run: Path, data: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    model, meta = load_bundle(run)
+    dm = DataModule(load_data(data, DataConfig(valid_pct=0.25)), meta.preprocessing)
+    with torch.no_grad():
+        batches = [(model(images), targets) for images, targets, _ in dm.eval_dataloader(split)]
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+def test_run_folder_bundle_and_cache(data: Path, tmp_path: Path) -> None:
+    result = train(_config(data, tmp_path / "a", heads=("logreg", "knn")))
+    assert isinstance(result, FeaturesResult)
+    run = result.run_dir
+    for name in ("config.yaml", "run.json", "classes.json", "splits.csv", "heads.csv", "results.json"):
+        assert (run / name).is_file(), name
+    with open(run / "heads.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["head"] for r in rows] == ["logreg", "knn"] and sum(r["best"] == "True" for r in rows) == 1
+    info = json.loads((run / "run.json").read_text())
+    assert len(info["data_manifest_sha256"]) == 64 and info["features"]["extracted"] == 78
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["train"]["heads"] == ["logreg", "knn"] and config["train"]["method"] == "features"
+    assert result.metrics["test_accuracy"] > 0.8 and result.metrics["valid_accuracy"] > 0.8
+    # the bundle maps images to the same logits as the head on cached features
+    logits, targets = _bundle_logits(run, data, "test")
+    accuracy = float((logits.argmax(1) == targets).float().mean())
+    assert accuracy == pytest.approx(result.metrics["test_accuracy"], abs=1e-6)
+    _, meta = load_bundle(run)
+    assert meta.metrics["head"] == result.best_head and meta.training["method"] == "features"
+    # a second identical run extracts nothing and gets the same numbers
+    again = train(_config(data, tmp_path / "b", heads=("logreg", "knn")))
+    assert again.extraction["extracted"] == 0 and again.extraction["reused"] == 78
+    assert again.metrics == result.metrics
+
+
+def test_default_heads_views_and_tta(data: Path, tmp_path: Path) -> None:
+    result = train(_config(data, tmp_path / "run", views=2, tta=True))
+    assert [row["head"] for row in result.heads] == ["logreg", "knn", "linear"]
+    assert result.extraction["extracted"] == 45 * 2 + 15 + 18  # two views of the 45 training images
+    logits, targets = _bundle_logits(result.run_dir, data, "valid")
+    valid = float((logits.argmax(1) == targets).float().mean())
+    assert valid == pytest.approx(result.metrics["valid_accuracy"], abs=1e-6)  # the bundle averages mirrors too
+    assert np.isfinite(result.metrics["valid_loss"])
+
+
+def test_features_settings_are_checked(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="method='features'"):
+        TrainConfig(heads=("knn",))
+    with pytest.raises(ConfigError, match="heads"):
+        TrainConfig(method="features", heads=("knn", "forest"))
+    assert TrainConfig(method="features", heads="knn, svm").heads == ("knn", "svm")  # type: ignore[arg-type]
+    assert RunConfig.from_dict(_config(data, tmp_path).to_dict()).train.heads == ()
+    with pytest.raises(ConfigError, match="--augment"):
+        train(_config(data, tmp_path / "views", views=2, augment="none"))
+    with pytest.raises(ConfigError, match="resume"):
+        train(_config(data, tmp_path / "resume"), resume=tmp_path / "resume")
