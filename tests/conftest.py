@@ -65,3 +65,47 @@ def split_folder(tmp_path: Path, fashion: dict[str, np.ndarray]) -> Path:
 
 def running_in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def trained_data(tmp_path_factory: pytest.TempPathFactory, fashion: dict[str, np.ndarray]) -> Path:
+    """data/{train,test}/<class>/*.png: 3 classes, 40 train + 10 test real images each (shared, read-only)."""
+    root = tmp_path_factory.mktemp("trained") / "data"
+    write_class_folders(root / "train", fashion, per_class=40)
+    write_class_folders(root / "test", fashion, per_class=10, split="test")
+    return root
+
+
+@pytest.fixture(scope="session")
+def finetuned_run(trained_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fine-tuned efficientnet_lite0 run folder on `trained_data` (64 px, 1 + 1 epochs; ~20 s on 2 cores).
+
+    Shared by the predict, evaluate, export and serve tests: treat it as read-only.
+    """
+    from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from visiontune.training.run import train
+
+    out = tmp_path_factory.mktemp("finetuned") / "run"
+    config = RunConfig(
+        DataConfig(source=str(trained_data), valid_pct=0.25),
+        ModelConfig(image_size=64),
+        TrainConfig(epochs=1, freeze_epochs=1, batch_size=16, num_workers=0, lr=2e-3),
+        out=str(out),
+    )
+    return train(config).run_dir
+
+
+@pytest.fixture(scope="session")
+def features_run(trained_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A features-method run folder (logistic regression on frozen efficientnet_lite0 features at 64 px)."""
+    from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from visiontune.training.run import train
+
+    out = tmp_path_factory.mktemp("features") / "run"
+    config = RunConfig(
+        DataConfig(source=str(trained_data), valid_pct=0.25),
+        ModelConfig(image_size=64),
+        TrainConfig(method="features", heads=("logreg",), num_workers=0),
+        out=str(out),
+    )
+    return train(config).run_dir

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from visiontune.data.transforms import Preprocessing
 from visiontune.errors import BundleError, VisiontuneError
+from visiontune.evaluation.calibration import uncalibrated
 from visiontune.system import library_versions
 
 FORMAT = "visiontune.bundle/1"
@@ -41,7 +42,7 @@ class BundleMeta:
     classes: list[str]
     preprocessing: Preprocessing
     metrics: dict[str, Any] = field(default_factory=dict)
-    calibration: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0, "unknown_threshold": None})
+    calibration: dict[str, Any] = field(default_factory=uncalibrated)  # see evaluation.calibration
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=library_versions)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))

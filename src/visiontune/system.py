@@ -27,3 +27,12 @@ def library_versions(
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def inference_batch_size(device_type: str) -> int:
+    """Images per forward pass when only predicting: 128 on a GPU; on a CPU 4 per core.
+
+    Small CPU batches stay in cache: EfficientNet-Lite0 at 224 px, channels-last, on a 2-core CPU
+    ran 195 images/s in batches of 4, 165 of 8, 87-103 of 16 and 59 of 64.
+    """
+    return 128 if device_type == "cuda" else 4 * available_cpus()

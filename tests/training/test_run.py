@@ -16,6 +16,7 @@ import yaml
 from tests.conftest import write_class_folders
 from visiontune.bundle import load_bundle
 from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from visiontune.training.lock import RunLockedError
 from visiontune.training.run import resume_config, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,3 +152,35 @@ def test_an_existing_run_is_never_trained_over_silently(tiny: Path, tmp_path: Pa
     (tmp_path / "other" / "thesis.tex").write_text("x")
     with pytest.raises(RunExistsError, match="other files"):
         train(_config(tiny, tmp_path / "other", epochs=1, freeze_epochs=0))
+
+
+def test_a_second_process_is_refused_while_a_run_folder_is_written(tiny: Path, tmp_path: Path) -> None:
+    """Two trainings into one --out would interleave checkpoints; the second stops before touching anything."""
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=rf"pid {holder.pid}\b.*another --out"):
+            train(_config(tiny, out), overwrite=True)
+        assert (out / ".lock").is_file() and not (out / "config.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    result = train(_config(tiny, out, epochs=1, freeze_epochs=0))  # the OS dropped the dead holder's lock
+    assert result.bundle_dir.is_dir()
+
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from visiontune.training.lock import run_lock
+with run_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(60)
+"""

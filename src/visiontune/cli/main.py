@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from visiontune import __version__
-from visiontune.cli import datasets, inspect, models, train
+from visiontune.cli import datasets, inspect, models, predict, train
 from visiontune.cli.console import print_error, setup_logging
 from visiontune.errors import VisiontuneError
 
@@ -43,6 +43,7 @@ app.add_typer(datasets.app, name="datasets")
 app.command("inspect")(inspect.inspect_command)
 app.command("train")(train.train_command)
 app.command("models")(models.models_command)
+app.command("predict")(predict.predict_command)
 
 
 def _version(value: bool) -> None:

@@ -41,3 +41,18 @@ def imbalance_ratio(counts: list[int] | np.ndarray) -> float:
     """Largest class count over the smallest (inf when a class is empty)."""
     counts = np.asarray(counts)
     return float(counts.max() / counts.min()) if counts.min() > 0 else float("inf")
+
+
+def split_metrics(
+    split: str, logits: torch.Tensor, targets: torch.Tensor, num_classes: int, temperature: float = 1.0
+) -> dict[str, float]:
+    """A split's metrics as run results name them: valid_loss, valid_accuracy, ..., valid_ece.
+
+    The loss is the raw model's (what training monitored); `{split}_ece` is the expected
+    calibration error of the temperature-scaled probabilities that predict reports.
+    """
+    from visiontune.evaluation.calibration import expected_calibration_error
+
+    metrics = {f"{split}_{k}": v for k, v in classification_metrics(logits, targets, num_classes=num_classes).items()}
+    metrics[f"{split}_ece"] = expected_calibration_error((logits.float() / temperature).softmax(dim=1), targets)
+    return metrics

@@ -30,19 +30,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
 from visiontune import config as cfg
 from visiontune.config import AugmentConfig
 from visiontune.data.datamodule import default_num_workers
 from visiontune.data.images import DEFAULT_MAX_PIXELS, open_image
-from visiontune.data.transforms import Preprocessing, build_transform
+from visiontune.data.transforms import build_transform, normalize_batch, pixel_transform
 from visiontune.errors import ConfigError, DatasetError, ImageError
 from visiontune.features.cache import FeatureCache, weights_digest
 from visiontune.models import Classifier
 from visiontune.models.fitted import embed
-from visiontune.system import available_cpus, library_versions
+from visiontune.system import available_cpus, inference_batch_size, library_versions
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +136,7 @@ def extract_features(
     repeats = Counter(hashes)
 
     def forward(images: torch.Tensor) -> np.ndarray:
-        images = _normalized(images.to(device, non_blocking=True), model.preprocessing)
+        images = normalize_batch(images.to(device, non_blocking=True), model.preprocessing)
         return embed(model, images, pool=pool, tta=tta).cpu().numpy()
 
     def done(content_hash: str) -> None:
@@ -159,12 +157,8 @@ def extract_features(
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Images per forward pass: 128 on a GPU; on a CPU 4 per core, as small batches stay in cache.
-
-    EfficientNet-Lite0 at 224 px, channels-last, on the 2-core CPU: 195 images/s in batches of 4,
-    165 of 8, 87-103 of 16, 59 of 64 (and 30 of 64 in the default NCHW layout).
-    """
-    return 128 if device.type == "cuda" else 4 * available_cpus()
+    """Images per forward pass: `inference_batch_size` for the device (small batches on a CPU)."""
+    return inference_batch_size(device.type)
 
 
 def hash_files(paths: Sequence[str]) -> list[str]:
@@ -272,7 +266,7 @@ def _loader(
     device: torch.device,
 ) -> DataLoader:
     pre = model.preprocessing
-    transform = build_transform(pre, train=view.index > 0, augment=view.augment) if view.index else _pixels(pre)
+    transform = build_transform(pre, train=view.index > 0, augment=view.augment) if view.index else pixel_transform(pre)
     seeds = [view.seed_for(h) for h in hashes] if view.index > 0 else None
     height, width = pre.image_size
     dataset = _Files(paths, transform, seeds, max_pixels, draft=(2 * width, 2 * height))  # as DataModule does
@@ -286,32 +280,6 @@ def _loader(
         prefetch_factor=4 if workers > 0 else None,
         collate_fn=_collate,
     )
-
-
-def _pixels(pre: Preprocessing) -> Callable[[Any], torch.Tensor]:
-    """The evaluation transform up to (H, W, 3) uint8 pixels; `_normalized` finishes it a batch at a time.
-
-    Same ops, same numbers as `build_transform(pre)`, but scaling and normalising a whole batch at
-    once (on the GPU when there is one), and channels-last for free from the (B, H, W, 3) batch:
-    per 224 px image on the 2-core CPU, 0.5 of the 0.9 ms the per-image steps took is saved, and
-    uint8 batches are a quarter the size to move.
-    """
-    steps = build_transform(pre).transforms
-    assert [type(t) for t in steps[-3:]] == [v2.ToImage, v2.ToDtype, v2.Normalize], steps
-    return v2.Compose([*steps[:-3], _hwc_tensor])
-
-
-def _hwc_tensor(image: Any) -> torch.Tensor:
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return torch.from_numpy(np.array(rgb))  # (H, W, 3) uint8, a writable copy
-
-
-def _normalized(images: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float32 in channels-last memory; float batches pass."""
-    if images.is_floating_point():  # augmented views arrive normalised (random erasing works on those)
-        return images.contiguous(memory_format=torch.channels_last)
-    scaled = F.to_dtype(images.permute(0, 3, 1, 2), torch.float32, scale=True)
-    return F.normalize(scaled, list(pre.mean), list(pre.std), inplace=True)
 
 
 def _autocast(precision: str, device: torch.device) -> Any:

@@ -34,14 +34,16 @@ from visiontune.config import RunConfig, save_yaml
 from visiontune.data.dataset import LabelledImages, load_data
 from visiontune.data.sources import Sample
 from visiontune.errors import ConfigError
+from visiontune.evaluation.calibration import calibrate, expected_calibration_error
 from visiontune.evaluation.metrics import imbalance_ratio
 from visiontune.features.cache import weights_digest
 from visiontune.features.extract import Extraction, View, extract_features
-from visiontune.features.heads import DEFAULT_HEADS, HeadResult, best_head, fit_heads, score
+from visiontune.features.heads import DEFAULT_HEADS, HeadResult, best_head, fit_heads, predict_logits, score
 from visiontune.io import atomic_write_json, atomic_write_text
 from visiontune.models import Classifier, create_classifier, get_backbone
 from visiontune.models.fitted import FeatureClassifier
 from visiontune.system import library_versions
+from visiontune.training.lock import run_lock
 from visiontune.training.run import TrainResult, _auto_monitor, _model_kwargs, _run_dir, hardware
 from visiontune.training.trainer import make_accelerator
 
@@ -102,26 +104,27 @@ def train_features(
     started = time.perf_counter()
     config = resolve_features_config(config)
     run_dir = _run_folder(config, resume, overwrite)
-    data = load_data(config.data.source, config.data, label_func=label_func)
-    if "valid" not in data.splits:
-        raise ConfigError("--method features scores its heads on a validation split: give --valid-pct above 0")
-    torch.manual_seed(config.train.seed)
-    model = create_classifier(config.model.name, len(data.classes), **_model_kwargs(config))
-    if on_total:
-        on_total(sum(len(data.split(s)) for s in data.splits) + (config.train.views - 1) * len(data.split("train")))
-    embedded = embed_splits(model, data, config, progress=progress)
-    outcome = choose_head(embedded, data, config, on_head=on_head)
-    bundle_dir = _write_outputs(run_dir, config, data, model, embedded, outcome, started)
-    return FeaturesResult(
-        run_dir,
-        bundle_dir,
-        outcome.metrics,
-        None,
-        time.perf_counter() - started,
-        outcome.best.name,
-        outcome.rows,
-        embedded.summary(),
-    )
+    with run_lock(run_dir):  # one writer per run folder
+        data = load_data(config.data.source, config.data, label_func=label_func)
+        if "valid" not in data.splits:
+            raise ConfigError("--method features scores its heads on a validation split: give --valid-pct above 0")
+        torch.manual_seed(config.train.seed)
+        model = create_classifier(config.model.name, len(data.classes), **_model_kwargs(config))
+        if on_total:
+            on_total(sum(len(data.split(s)) for s in data.splits) + (config.train.views - 1) * len(data.split("train")))
+        embedded = embed_splits(model, data, config, progress=progress)
+        outcome = choose_head(embedded, data, config, on_head=on_head)
+        bundle_dir = _write_outputs(run_dir, config, data, model, embedded, outcome, started)
+        return FeaturesResult(
+            run_dir,
+            bundle_dir,
+            outcome.metrics,
+            None,
+            time.perf_counter() - started,
+            outcome.best.name,
+            outcome.rows,
+            embedded.summary(),
+        )
 
 
 def _run_folder(config: RunConfig, resume: str | Path | None, overwrite: bool) -> Path:
@@ -192,6 +195,7 @@ class Outcome:
     metrics: dict[str, float]  # the kept head's valid_* and test_* metrics
     monitor: str
     imbalance: float
+    calibration: dict[str, Any]  # temperature and unknown thresholds fitted on the kept head's valid logits
 
 
 def choose_head(
@@ -226,7 +230,14 @@ def choose_head(
         rows.append({**row, "fit_s": round(result.fit_s, 3), "best": result is best})
     metrics = {f"valid_{k}": v for k, v in best.valid.items()}
     metrics.update({f"test_{k}": v for k, v in test.get(best.name, {}).items()})
-    return Outcome(best, rows, metrics, monitor, ratio)
+    valid_logits = predict_logits(best.head, embedded.x["valid"])
+    calibration = calibrate(valid_logits, torch.as_tensor(embedded.y["valid"]))
+    for split in ("valid", "test"):
+        if split in embedded.x:
+            logits = predict_logits(best.head, embedded.x[split]) if split == "test" else valid_logits
+            scaled = (logits / calibration["temperature"]).softmax(dim=1)
+            metrics[f"{split}_ece"] = expected_calibration_error(scaled, torch.as_tensor(embedded.y[split]))
+    return Outcome(best, rows, metrics, monitor, ratio, calibration)
 
 
 def _write_outputs(
@@ -248,6 +259,7 @@ def _write_outputs(
         metrics={**outcome.metrics, "head": outcome.best.name, "monitor": outcome.monitor},
         training={"method": "features", "config": config.to_dict(), "heads": outcome.rows,
                   "data_root": str(data.root), "data_manifest_sha256": manifest},
+        calibration=outcome.calibration,
         versions=library_versions(VERSIONS),
     )  # fmt: skip
     save_bundle(run_dir / "model", bundle, meta)
@@ -260,6 +272,7 @@ def _write_outputs(
     atomic_write_json(
         run_dir / "results.json",
         {"metrics": outcome.metrics, "best_head": outcome.best.name, "best_epoch": None, "heads": outcome.rows,
+         "calibration": outcome.calibration,
          "extraction": embedded.summary(), "elapsed_s": time.perf_counter() - started},
     )  # fmt: skip
     return run_dir / "model"

@@ -34,7 +34,8 @@ from visiontune.data.audit import suggest_image_size
 from visiontune.data.datamodule import DataModule
 from visiontune.data.dataset import LabelledImages, load_data
 from visiontune.errors import VisiontuneError
-from visiontune.evaluation.metrics import imbalance_ratio
+from visiontune.evaluation.calibration import calibrate
+from visiontune.evaluation.metrics import imbalance_ratio, split_metrics
 from visiontune.io import atomic_write_json, atomic_write_text
 from visiontune.models import create_classifier, get_backbone
 from visiontune.system import available_cpus, library_versions
@@ -47,6 +48,7 @@ from visiontune.training.callbacks import (
     TensorBoardLogger,
 )
 from visiontune.training.checkpoint import CheckpointError, load_checkpoint
+from visiontune.training.lock import LOCK_FILE, check_unlocked, run_lock
 from visiontune.training.trainer import Trainer, make_accelerator, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -90,40 +92,41 @@ def train(
     started = time.perf_counter()
     accelerator = make_accelerator(config.train)
     run_dir = _run_dir(config, accelerator, resume, overwrite=overwrite)
-    with accelerator.main_process_first():  # the main process fills the file-info cache for the others
-        data = load_data(config.data.source, config.data, label_func=label_func)
-    config = _resolved(config, data)
-    set_seed(config.train.seed)  # the head's (or a scratch model's) initial weights
-    model = create_classifier(config.model.name, len(data.classes), **_model_kwargs(config))
-    datamodule = DataModule(
-        data,
-        model.preprocessing,
-        config.train.augment_config(),
-        LoaderConfig(batch_size=config.train.batch_size, num_workers=config.train.num_workers),
-        seed=config.train.seed,
-        max_pixels=config.data.max_pixels,
-    )
-    ratio = imbalance_ratio(list(Counter(s.label for s in data.split("train")).values()))
-    monitor = config.train.monitor if config.train.monitor != "auto" else _auto_monitor(ratio)
-    trainer = Trainer(
-        model,
-        datamodule,
-        config.train,
-        out_dir=run_dir,
-        callbacks=_callbacks(run_dir, config.train, monitor, callbacks),
-        monitor=monitor,
-        class_weights=_class_weights(data, config.train, ratio),
-        balanced_sampler=_balance(config.train, ratio) == "sampler",
-        accelerator=accelerator,
-    )
-    if resume is not None:
-        trainer.load_checkpoint(load_checkpoint(run_dir / "checkpoints" / "last.safetensors"))
-    elif config.train.lr is None:
-        config = _find_lr(trainer, config, run_dir)
-    if accelerator.is_main_process and resume is None:
-        _write_run_files(run_dir, config, data, trainer, monitor, ratio)
-    _fit(trainer, config.train)
-    return _finish(trainer, config, data, run_dir, started)
+    with run_lock(run_dir, enabled=accelerator.is_main_process):
+        with accelerator.main_process_first():  # the main process fills the file-info cache for the others
+            data = load_data(config.data.source, config.data, label_func=label_func)
+        config = _resolved(config, data)
+        set_seed(config.train.seed)  # the head's (or a scratch model's) initial weights
+        model = create_classifier(config.model.name, len(data.classes), **_model_kwargs(config))
+        datamodule = DataModule(
+            data,
+            model.preprocessing,
+            config.train.augment_config(),
+            LoaderConfig(batch_size=config.train.batch_size, num_workers=config.train.num_workers),
+            seed=config.train.seed,
+            max_pixels=config.data.max_pixels,
+        )
+        ratio = imbalance_ratio(list(Counter(s.label for s in data.split("train")).values()))
+        monitor = config.train.monitor if config.train.monitor != "auto" else _auto_monitor(ratio)
+        trainer = Trainer(
+            model,
+            datamodule,
+            config.train,
+            out_dir=run_dir,
+            callbacks=_callbacks(run_dir, config.train, monitor, callbacks),
+            monitor=monitor,
+            class_weights=_class_weights(data, config.train, ratio),
+            balanced_sampler=_balance(config.train, ratio) == "sampler",
+            accelerator=accelerator,
+        )
+        if resume is not None:
+            trainer.load_checkpoint(load_checkpoint(run_dir / "checkpoints" / "last.safetensors"))
+        elif config.train.lr is None:
+            config = _find_lr(trainer, config, run_dir)
+        if accelerator.is_main_process and resume is None:
+            _write_run_files(run_dir, config, data, trainer, monitor, ratio)
+        _fit(trainer, config.train)
+        return _finish(trainer, config, data, run_dir, started)
 
 
 def _fit(trainer: Trainer, cfg: TrainConfig) -> None:
@@ -159,6 +162,8 @@ def _run_dir(config: RunConfig, accelerator: Accelerator, resume: str | Path | N
     if accelerator.num_processes > 1:
         broadcast_object_list(holder)
     path = Path(holder[0])
+    if accelerator.is_main_process:
+        check_unlocked(path)
     if (path / "config.yaml").is_file():
         if not overwrite:
             raise RunExistsError(
@@ -167,7 +172,7 @@ def _run_dir(config: RunConfig, accelerator: Accelerator, resume: str | Path | N
             )
         if accelerator.is_main_process:
             shutil.rmtree(path)
-    elif path.is_dir() and any(path.iterdir()) and not overwrite:
+    elif path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir()) and not overwrite:
         raise RunExistsError(f"{path} is a folder of other files; choose another --out (or --overwrite to use it)")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -296,17 +301,23 @@ def _finish(trainer: Trainer, config: RunConfig, data: LabelledImages, run_dir: 
     trainer.raw_model.load_state_dict(ckpt.model)
     if trainer.ema is not None and ckpt.ema:
         trainer.ema.load_state_dict(ckpt.ema)
-    metrics = {f"valid_{k.removeprefix('valid_')}": v for k, v in trainer.evaluate("valid").items()}
+    logits, targets, _ = trainer.predict("valid")
+    calibration = calibrate(logits, targets)
+    metrics = split_metrics("valid", logits, targets, len(data.classes), calibration["temperature"])
     if "test" in data.splits:
-        metrics.update({f"test_{k.removeprefix('test_')}": v for k, v in trainer.evaluate("test").items()})
+        logits, targets, _ = trainer.predict("test")
+        metrics.update(split_metrics("test", logits, targets, len(data.classes), calibration["temperature"]))
     best_epoch = ckpt.state.get("epoch")
     bundle_dir = run_dir / "model"
     if trainer.is_main:
+        meta = _meta(trainer, config, data, metrics, best_epoch)
+        meta.calibration = calibration
         with trainer.ema_weights():
-            save_bundle(bundle_dir, trainer.raw_model, _meta(trainer, config, data, metrics, best_epoch))
+            save_bundle(bundle_dir, trainer.raw_model, meta)
         elapsed = time.perf_counter() - started
         atomic_write_json(
-            run_dir / "results.json", {"metrics": metrics, "best_epoch": best_epoch, "elapsed_s": elapsed}
+            run_dir / "results.json",
+            {"metrics": metrics, "best_epoch": best_epoch, "calibration": calibration, "elapsed_s": elapsed},
         )
     trainer.accelerator.wait_for_everyone()
     return TrainResult(run_dir, bundle_dir, metrics, best_epoch, time.perf_counter() - started)
