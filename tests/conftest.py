@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -109,3 +112,41 @@ def features_run(trained_data: Path, tmp_path_factory: pytest.TempPathFactory) -
         out=str(out),
     )
     return train(config).run_dir
+
+
+def browser_or_skip() -> tuple[str, str]:
+    """Chromium and its driver, or a skip naming the Debian packages (a failure under CI: .ci/run installs them)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    missing = []
+    if not chromium or not driver:
+        missing.append("Debian packages chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip install -e '.[dev]')")
+    if missing:
+        reason = "the browser test needs " + " and ".join(missing)
+        if running_in_ci():
+            pytest.fail(reason + "; .ci/run installs them")
+        pytest.skip(reason)
+    return chromium, driver  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def headless_chromium() -> Iterator[Any]:
+    """One headless Chromium (Selenium, the system chromedriver) for every browser test; 1280x900 window."""
+    chromium, driver_path = browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from visiontune import __version__
-from visiontune.cli import datasets, inspect, models, predict, train
+from visiontune.cli import datasets, evaluate, inspect, models, predict, train
 from visiontune.cli.console import print_error, setup_logging
 from visiontune.errors import VisiontuneError
 
@@ -44,6 +44,7 @@ app.command("inspect")(inspect.inspect_command)
 app.command("train")(train.train_command)
 app.command("models")(models.models_command)
 app.command("predict")(predict.predict_command)
+app.command("evaluate")(evaluate.evaluate_command)
 
 
 def _version(value: bool) -> None:

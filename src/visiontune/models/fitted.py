@@ -242,7 +242,7 @@ def embed(model: Classifier, images: torch.Tensor, *, pool: str, tta: bool = Fal
     """
     if tta:  # one batch of 2B: the mirror costs a forward pass but no extra call
         pooled = pool_features(model.forward_features(torch.cat([images, images.flip(-1)])), pool).float()
-        plain, mirrored = pooled.chunk(2)
+        plain, mirrored = pooled[: images.shape[0]], pooled[images.shape[0] :]  # not chunk(2): exports with any batch
         return (plain + mirrored) / 2
     return pool_features(model.forward_features(images), pool).float()
 

@@ -1,0 +1,171 @@
+"""Unknown detection on images of none of the classes: AUROC of the bundle's unknown score.
+
+Builds an out-of-distribution folder from two sources the Fashion-MNIST model never saw:
+- scikit-learn's `load_digits` (8x8 handwritten digits, white on black like Fashion-MNIST)
+  upsampled to 28x28 grayscale, `--digits` per digit;
+- scikit-image's sample photos (astronaut, coffee, chelsea the cat, a rocket, coins, text...):
+  each whole photo and `--crops` random square crops, converted to 28x28 grayscale, plus each
+  colour photo kept in RGB (28x28).
+
+Then evaluates a copy of the run (without checkpoints) on its test split with that folder as
+`--ood`, through the Python API that `visiontune evaluate RUN DATA --ood FOLDER` calls (the
+acceptance figure: AUROC >= 0.8), and splits the same OOD scores by source for the breakdown.
+A bundle trained before calibration existed stores no unknown threshold; its copy is then
+calibrated as training now does (temperature and thresholds fitted on the run's validation
+split), so the shares flagged unknown can be reported too. The AUROC needs no threshold.
+
+Usage:
+    python bench/ood_auroc.py --run runs/demo --data demo
+    python bench/ood_auroc.py --run runs/demo --data demo --work /tmp/ood-bench --keep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PHOTOS = (
+    "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass",
+    "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
+)  # fmt: skip
+SIDE = 28  # Fashion-MNIST's size
+
+
+def write_digits(folder: Path, per_digit: int) -> int:
+    """The first `per_digit` images of each digit, 8x8 (0..16) -> 28x28 grayscale PNGs."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for digit in range(10):
+        for k, index in enumerate(np.flatnonzero(digits.target == digit)[:per_digit]):
+            pixels = (digits.images[index] * (255 / 16)).round().astype(np.uint8)
+            Image.fromarray(pixels).resize((SIDE, SIDE), Image.BILINEAR).save(folder / f"digit{digit}_{k:03d}.png")
+            written += 1
+    return written
+
+
+def write_photos(folder: Path, crops: int, seed: int = 0) -> int:
+    """Each sample photo whole and in `crops` random square crops, 28x28 grayscale; colour ones also in RGB."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for name in PHOTOS:
+        try:
+            image = _as_pil(getattr(skimage.data, name)())
+        except Exception as exc:  # a photo this scikit-image needs to download: skip it
+            print(f"skipping {name}: {type(exc).__name__}", file=sys.stderr)
+            continue
+        views = [image] + [_random_crop(image, rng) for _ in range(crops)]
+        for k, view in enumerate(views):
+            view.convert("L").resize((SIDE, SIDE), Image.BICUBIC).save(folder / f"{name}_gray{k:02d}.png")
+        written += len(views)
+        if image.mode == "RGB":
+            image.resize((SIDE, SIDE), Image.BICUBIC).save(folder / f"{name}_rgb.png")
+            written += 1
+    return written
+
+
+def _as_pil(array: np.ndarray) -> Image.Image:
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[..., :3]
+    return Image.fromarray(array.astype(np.uint8))
+
+
+def _random_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A square crop of 25-60% of the shorter side, anywhere in the photo."""
+    width, height = image.size
+    side = int(min(width, height) * rng.uniform(0.25, 0.6))
+    left, top = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+    return image.crop((left, top, left + side, top + side))
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """The run folder without its checkpoints: the bundle, splits.csv, config and history."""
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    return dest
+
+
+def calibrate_if_needed(run: Path, data: str, work: Path) -> str:
+    """Fit the calibration training now stores, on the run's validation split, when the bundle has none."""
+    from visiontune.evaluation.calibration import calibrate
+    from visiontune.evaluation.evaluate import EvalConfig, evaluate
+
+    meta_path = run / "model" / "bundle.json"
+    meta = json.loads(meta_path.read_text())
+    if "ece_before" in meta.get("calibration", {}):
+        return "the bundle's own (fitted at the end of training)"
+    valid = evaluate(run, data, EvalConfig(split="valid", out=str(work / "valid-eval"), top_losses=0))
+    meta["calibration"] = calibrate(valid.logits, valid.targets)
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    t, thresholds = meta["calibration"]["temperature"], meta["calibration"]["unknown"]["thresholds"]
+    return f"fitted here on the run's {len(valid.targets)} validation images (T = {t:.3f}, thresholds {thresholds})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, type=Path, help="a run folder trained on Fashion-MNIST")
+    parser.add_argument("--data", required=True, help="its data folder (the test split is scored)")
+    parser.add_argument("--digits", type=int, default=20, help="digits of each kind (10 kinds)")
+    parser.add_argument("--crops", type=int, default=8, help="random crops per photo")
+    parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ood-bench-"))
+    try:
+        run(args, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    import torch
+
+    from visiontune.evaluation.evaluate import EvalConfig, evaluate
+    from visiontune.evaluation.ood import ood_metrics
+
+    digits, photos = (
+        write_digits(work / "ood" / "digits", args.digits),
+        write_photos(work / "ood" / "photos", args.crops),
+    )
+    print(f"OOD images: {digits} digits, {photos} photos")
+    run_copy = copy_run(args.run, work / "run")
+    print(f"calibration: {calibrate_if_needed(run_copy, args.data, work)}")
+    print(f"command: visiontune evaluate {run_copy} {args.data} --ood {work / 'ood'} --out {work / 'eval'}")
+    result = evaluate(run_copy, args.data, EvalConfig(ood=str(work / "ood"), out=str(work / "eval")))
+    calibration = json.loads((run_copy / "model" / "bundle.json").read_text())["calibration"]
+    rows = {"all": result.metrics["ood"]}
+    for source in ("digits", "photos"):  # the same OOD logits, split by where the images came from
+        keep = torch.tensor([f"/ood/{source}/" in path for path in result.ood_paths])
+        rows[source] = ood_metrics(result.logits, result.ood_logits[keep], calibration)
+    print(f"\ntest accuracy {result.metrics['accuracy']:.4f} on {result.metrics['images']} images")
+    print("| OOD source | images | AUROC (msp) | AUROC (energy) | OOD flagged | test flagged |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for source, ood in rows.items():
+        print(
+            f"| {source} | {ood['images']} | {ood['auroc_by_score']['msp']:.3f} "
+            f"| {ood['auroc_by_score']['energy']:.3f} | {_pct(ood['flagged_ood'])} | {_pct(ood['flagged_in'])} |"
+        )
+    if args.keep:
+        print(f"\nreport: {result.report}")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+if __name__ == "__main__":
+    main()
