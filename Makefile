@@ -19,12 +19,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The whole path on the bundled Fashion-MNIST subset: export, inspect, fine-tune, predict (a cat photo should come
-# out 'unknown'); a few minutes on 2 CPU cores.
+# The whole path on the bundled Fashion-MNIST subset: export, inspect, fine-tune, evaluate (runs/demo/eval/report.html),
+# predict (a cat photo should come out 'unknown'); a few minutes on 2 CPU cores.
 demo: $(STAMP)
 	$(BIN)/visiontune datasets export fashion-mnist $(DEMO_DIR) --overwrite
 	$(BIN)/visiontune inspect $(DEMO_DIR) --out $(DEMO_DIR)-inspect
 	$(BIN)/visiontune train $(DEMO_DIR) --out runs/demo --overwrite
+	$(BIN)/visiontune evaluate runs/demo $(DEMO_DIR)
 	$(BIN)/python -c "from skimage import data; from PIL import Image; Image.fromarray(data.chelsea()).save('$(DEMO_DIR)-cat.jpg')"
 	$(BIN)/visiontune predict runs/demo '$(DEMO_DIR)/test/*/0001?.png' $(DEMO_DIR)-cat.jpg --topk 3
 
