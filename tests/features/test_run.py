@@ -47,7 +47,9 @@ def _bundle_logits(run: Path, data: Path, split: str) -> tuple[torch.Tensor, tor
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
-def test_run_folder_bundle_and_cache(data: Path, tmp_path: Path) -> None:
+def test_run_folder_bundle_and_cache(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a feature cache of its own: the session's shared runs embed some of the same Fashion-MNIST images
+    monkeypatch.setenv("VISIONTUNE_CACHE_DIR", str(tmp_path / "cache"))
     result = train(_config(data, tmp_path / "a", heads=("logreg", "knn")))
     assert isinstance(result, FeaturesResult)
     run = result.run_dir
