@@ -67,25 +67,16 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, *, bi
     """ECE: the gap between confidence and accuracy, averaged over equal-width confidence bins by count."""
     if len(targets) == 0:
         return float("nan")
+    rows = reliability_bins(probs, targets, bins=bins)
+    return sum(abs(r["confidence"] - r["accuracy"]) * r["count"] for r in rows if r["count"]) / len(targets)
+
+
+def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, *, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """Per confidence bin (low, high]: its range, count, mean confidence and accuracy (a reliability diagram's bars)."""
     confidence, predicted = probs.float().max(dim=1)
     correct = (predicted == targets).float()
     edges = torch.linspace(0, 1, bins + 1)
     index = torch.bucketize(confidence, edges[1:-1])  # bin i holds (edges[i], edges[i + 1]]
-    total = 0.0
-    for b in range(bins):
-        members = index == b
-        if members.any():
-            gap = (confidence[members].mean() - correct[members].mean()).abs()
-            total += float(gap) * int(members.sum()) / len(targets)
-    return total
-
-
-def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, *, bins: int = ECE_BINS) -> list[dict[str, float]]:
-    """Per confidence bin: its range, count, mean confidence and accuracy (for a reliability diagram)."""
-    confidence, predicted = probs.float().max(dim=1)
-    correct = (predicted == targets).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    index = torch.bucketize(confidence, edges[1:-1])
     rows = []
     for b in range(bins):
         members = index == b

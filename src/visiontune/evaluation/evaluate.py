@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from visiontune.evaluation import figures, gradcam
 from visiontune.evaluation.ood import OOD_LABEL, ood_metrics, ood_samples, ood_score_values
 from visiontune.evaluation.selection import SPLIT_CHOICES, Selection, sample_path, select_images
 from visiontune.evaluation.summary import evaluation_metrics, sample_losses, unknown_summary
-from visiontune.io import atomic_write_json, atomic_write_text
+from visiontune.io import atomic_write_json, atomic_write_text, json_safe
 from visiontune.system import inference_batch_size
 
 log = logging.getLogger(__name__)
@@ -135,7 +134,7 @@ def evaluate(
         metrics["ood"], unknown = _ood(net, dataset, scored, meta, ood, config, device, out_dir)
     else:
         (out_dir / "ood_scores.png").unlink(missing_ok=True)  # from an earlier --ood run into the same folder
-    metrics = _finite(metrics)
+    metrics = json_safe(metrics)
     atomic_write_json(out_dir / "metrics.json", metrics)
     from visiontune.evaluation.report import write_report
 
@@ -328,14 +327,3 @@ def _ood(
 
 def _short(name: str, limit: int = 16) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinity become null: metrics.json stays valid JSON for every reader."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
