@@ -13,6 +13,8 @@ import typer
 
 from visiontune import __version__
 from visiontune.cli import datasets, evaluate, inspect, models, predict, train
+from visiontune.cli import runs as runs_cli
+from visiontune.cli import tune as tune_cli
 from visiontune.cli.console import print_error, setup_logging
 from visiontune.errors import VisiontuneError
 
@@ -45,6 +47,8 @@ app.command("train")(train.train_command)
 app.command("models")(models.models_command)
 app.command("predict")(predict.predict_command)
 app.command("evaluate")(evaluate.evaluate_command)
+app.add_typer(runs_cli.app, name="runs")
+app.command("tune")(tune_cli.tune_command)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,112 @@
+"""`visiontune runs [DIR]`: the table of run folders; `visiontune runs compare A B ...`: curves and differences."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+from typer.core import TyperGroup
+
+from visiontune.cli.console import console
+from visiontune.experiments.runs import SORT_KEYS, RunSummary, find_runs, sort_runs
+
+
+class _ListByDefault(TyperGroup):
+    """`runs DIR` and `runs --sort valid` mean `runs list ...`: only `compare` (and --help) name a subcommand."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_ListByDefault,
+    help="List run folders (`runs [DIR]`) or compare runs (`runs compare A B ...`).",
+)
+
+
+@app.command("list")
+def list_command(
+    folder: Annotated[Path, typer.Argument(help="Folder holding run folders, searched recursively.")] = Path("runs"),
+    sort: Annotated[str, typer.Option("--sort", help=f"Order by one of: {', '.join(SORT_KEYS)}.")] = "date",
+    reverse: Annotated[bool, typer.Option("--reverse", help="Reverse the order.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per run on stdout.")] = False,
+) -> None:
+    """A table of the runs under FOLDER (train, features and tune trials), sortable."""
+    runs = sort_runs(find_runs(folder), sort, reverse=reverse)
+    if json_out:
+        for run in runs:
+            typer.echo(json.dumps(run.to_dict()))
+        return
+    if not runs:
+        console.print(f"no runs under {folder}")
+        return
+    console.print(runs_table(runs, title=f"Runs in {folder}"))
+
+
+def runs_table(runs: list[RunSummary], *, title: str) -> Table:
+    table = Table(title=title, show_header=True, box=box.SIMPLE_HEAD, pad_edge=False)  # room for 11 columns
+    columns = ("name", "date", "data", "method", "backbone", "size", "epochs", "valid", "test", "time", "status")
+    for column in columns:
+        right = column in ("size", "valid", "test", "time")
+        # on a narrow terminal rich squeezes (or drops) data and backbone first; the numbers stay whole
+        table.add_column(column, justify="right" if right else "left", no_wrap=column not in ("data", "backbone"))
+    for run in runs:
+        table.add_row(
+            run.name,
+            f"{run.date:%Y-%m-%d %H:%M}" if run.date else "-",
+            run.data,
+            run.method,
+            run.backbone,
+            str(run.image_size or "-"),
+            run.epochs_label,
+            _metric(run.valid, run.monitor),
+            _metric(run.test, "accuracy"),
+            _duration(run.time_s),
+            run.status,
+        )
+    return table
+
+
+def _metric(value: float | None, monitor: str) -> str:
+    if value is None:
+        return "-"
+    suffix = {"accuracy": "", "balanced_accuracy": " bal"}.get(monitor, f" {monitor}")
+    return f"{value:.4f}{suffix}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+@app.command("compare")
+def compare_command(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Chart of their learning curves (PNG).")] = Path(
+        "compare.png"
+    ),
+) -> None:
+    """Plot the runs' validation curves on one chart and print the settings that differ."""
+    from visiontune.experiments.compare import compare_runs
+
+    comparison = compare_runs(list(runs), out=out)
+    console.print(runs_table(comparison.runs, title="Runs compared"))
+    table = Table(title="Config differences", show_header=True)
+    table.add_column("setting")
+    names = [r.path.name for r in comparison.runs]
+    for name in names:
+        table.add_column(name)
+    for key, values in comparison.differences.items():
+        table.add_row(key, *("-" if v is None else str(v) for v in values))
+    if comparison.differences:
+        console.print(table)
+    else:
+        console.print("the configs are the same (apart from where they were written)")
+    console.print(f"learning curves: [bold]{comparison.chart}[/]")

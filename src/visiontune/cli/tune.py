@@ -1,0 +1,141 @@
+"""`visiontune tune DATA --trials N`: options -> TuneConfig -> visiontune.experiments.tune, a line per trial."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+
+from visiontune.cli.console import console, err_console
+from visiontune.config import RunConfig, load_yaml
+
+Opt = typer.Option
+
+
+def tune_command(
+    data: Annotated[str | None, typer.Argument(help="Image folder (class or split folders) or a CSV/TSV.")] = None,
+    trials: Annotated[
+        int | None, Opt("--trials", "-n", min=1, help="Finished trials the study ends with (default 20; grid: all).")
+    ] = None,
+    timeout: Annotated[
+        float | None, Opt("--timeout", min=0.0, help="Start no new trial after this many seconds.")
+    ] = None,
+    out: Annotated[Path | None, Opt("--out", "-o", help="Output folder (default runs/tune-<data>).")] = None,
+    sample: Annotated[float | None, Opt(help="Tune on a stratified fraction of the data, e.g. 0.1.")] = None,
+    storage: Annotated[
+        str | None, Opt(help="Study database URL, e.g. postgresql://user@host/db (default: OUT/study.db).")
+    ] = None,
+    study: Annotated[str | None, Opt("--study", help="Study name; workers sharing --storage share it.")] = None,
+    grid: Annotated[
+        list[str] | None, Opt("--grid", help="Run every value instead of searching, e.g. image_size=32,64,128.")
+    ] = None,
+    space: Annotated[
+        Path | None, Opt("--space", help="YAML search space: lists are choices, {low, high} ranges, null fixes one.")
+    ] = None,
+    config: Annotated[Path | None, Opt("--config", help="Base run config (YAML) every trial starts from.")] = None,
+    epochs: Annotated[int | None, Opt(help="Epochs with all layers learning, in every trial.")] = None,
+    batch_size: Annotated[int | None, Opt(help="Images per batch.")] = None,
+    valid_pct: Annotated[float | None, Opt(help="Validation share when the data has no valid split.")] = None,
+    workers: Annotated[int | None, Opt(help="Data-loading worker processes.")] = None,
+    seed: Annotated[int | None, Opt(help="Seed for the split, sampling, training and the sampler.")] = None,
+    prune: Annotated[bool, Opt("--prune/--no-prune", help="Stop poor trials early (median rule).")] = True,
+    keep_checkpoints: Annotated[
+        bool, Opt("--keep-checkpoints", help="Keep each trial's checkpoints (its model/ bundle is always kept).")
+    ] = False,
+    quiet: Annotated[bool, Opt("--quiet", help="No line per trial; just the result.")] = False,
+) -> None:
+    """Search hyperparameters with Optuna; run the same command again to resume an interrupted search.
+
+    The search space (learning rate, image size, augmentation and rotation, backbone, freeze epochs,
+    label smoothing, fine-tuning or frozen features) can be narrowed with --space FILE, a YAML
+    mapping where a list is a set of choices and {low, high[, log, step]} a range, e.g.
+    `image_size: [32, 64]` and `lr: {low: 0.0003, high: 0.003, log: true}`.
+    """
+    from visiontune.experiments.space import SearchSpace, grid_size, parse_grid
+    from visiontune.experiments.tune import TuneConfig, tune
+
+    values = load_yaml(config) if config else {}
+    sections = {
+        "data": {"source": data, "sample": sample, "valid_pct": valid_pct, "seed": seed},
+        "train": {"epochs": epochs, "batch_size": batch_size, "num_workers": workers, "seed": seed},
+    }
+    for section, given in sections.items():  # options typed override the --config file
+        values[section] = {**(values.get(section) or {}), **{k: v for k, v in given.items() if v is not None}}
+    grid_values = parse_grid(grid or [])
+    tune_config = TuneConfig(
+        base=RunConfig.from_dict({**values, "out": None, "name": None}),
+        trials=trials if trials is not None else (grid_size(grid_values) if grid_values else 20),
+        timeout=timeout,
+        out=str(out) if out else "",
+        storage=storage,
+        study=study,
+        space=SearchSpace.from_dict(load_yaml(space)) if space else SearchSpace(),
+        grid=grid_values,
+        prune=prune,
+        keep_checkpoints=keep_checkpoints,
+    )
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM ends the trial like Ctrl-C: it is re-run
+    _quiet_optuna()
+    on_trial = None if quiet else _print_trial
+    if not quiet:
+        err_console.print(
+            f"study [bold]{tune_config.study_name}[/] in {tune_config.out_dir}: {tune_config.trials} trials"
+            f"{' (grid)' if grid_values else ''}"
+        )
+    try:
+        result = tune(tune_config, on_trial=on_trial)
+    except KeyboardInterrupt:
+        err_console.print("run the same command again to resume: the interrupted trial runs again", highlight=False)
+        raise
+    _print_result(result)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _quiet_optuna() -> None:
+    """Optuna's log lines repeat ours, and it logs an interrupted or failed trial with a traceback: errors only."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def _print_trial(row: dict[str, Any]) -> None:
+    value = "-" if row["value"] is None else f"{row['value']:.4f}"
+    params = ", ".join(f"{k}={_fmt(row[k])}" for k in _PARAM_COLUMNS if row.get(k) is not None)
+    seconds = "" if row.get("elapsed_s") is None else f"  {row['elapsed_s']:.0f} s"
+    err_console.print(f"trial {row['number']:>3} {row['state']:<8} {value}  {params}{seconds}", highlight=False)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+_PARAM_COLUMNS = ("method", "backbone", "image_size", "lr", "freeze_epochs", "label_smoothing", "augment", "rotation")
+
+
+def _print_result(result: Any) -> None:
+    table = Table(
+        title=f"Trials of {result.study_name} ({result.monitor}, validation)", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    columns = [c for c in _PARAM_COLUMNS if any(r.get(c) is not None for r in result.rows)]
+    for column in ("#", "state", "value", *columns, "s/epoch"):
+        table.add_column(column, justify="right" if column in ("#", "value", "s/epoch") else "left")
+    best = result.best["number"] if result.best else None
+    for row in result.rows:
+        number = f"[bold]{row['number']}[/]" if row["number"] == best else str(row["number"])
+        value = "-" if row["value"] is None else f"{row['value']:.4f}"
+        epoch_s = "-" if row.get("epoch_s") is None else f"{row['epoch_s']:.1f}"
+        table.add_row(number, row["state"], value, *("" if row[c] is None else _fmt(row[c]) for c in columns), epoch_s)
+    console.print(table)
+    if result.best:
+        console.print(f"best: trial {result.best['number']}, {result.monitor} {result.best['value']:.4f}")
+    for name, path in result.files.items():
+        console.print(f"{name}: [bold]{path}[/]")
+    if "best_config" in result.files:
+        console.print(f"retrain it: visiontune train --config {result.files['best_config']}")
