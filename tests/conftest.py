@@ -114,6 +114,15 @@ def features_run(trained_data: Path, tmp_path_factory: pytest.TempPathFactory) -
     return train(config).run_dir
 
 
+@pytest.fixture(scope="session")
+def finetuned_onnx(finetuned_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`export_model(finetuned_run)` into a temporary model.onnx: the ExportReport (read-only; ~6 s on 2 cores)."""
+    from visiontune.export import ExportConfig, export_model
+
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    return export_model(finetuned_run, ExportConfig(out=str(out)))
+
+
 def browser_or_skip() -> tuple[str, str]:
     """Chromium and its driver, or a skip naming the Debian packages (a failure under CI: .ci/run installs them)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -18,11 +18,13 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 
-def load(source: Any, *, device: Any = "auto") -> Predictor:
-    """A `Predictor` for a bundle folder, a run folder (its final bundle) or a backbone name.
+def load(source: Any, *, device: Any = "auto", backend: str = "torch") -> Predictor:
+    """A `Predictor` for a bundle folder, a run folder (its final bundle), a backbone name or an exported .onnx.
+
+    `backend="onnx"` runs the model in onnxruntime on the CPU (see `visiontune export`).
 
     Imported lazily, so `import visiontune` (and the CLI's --help) stays light.
     """
     from visiontune.predict import load as load_predictor
 
-    return load_predictor(source, device=device)
+    return load_predictor(source, device=device, backend=backend)

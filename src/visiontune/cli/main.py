@@ -13,7 +13,9 @@ import typer
 
 from visiontune import __version__
 from visiontune.cli import datasets, evaluate, inspect, models, predict, train
+from visiontune.cli import export as export_cli
 from visiontune.cli import runs as runs_cli
+from visiontune.cli import serve as serve_cli
 from visiontune.cli import tune as tune_cli
 from visiontune.cli.console import print_error, setup_logging
 from visiontune.errors import VisiontuneError
@@ -49,6 +51,8 @@ app.command("predict")(predict.predict_command)
 app.command("evaluate")(evaluate.evaluate_command)
 app.add_typer(runs_cli.app, name="runs")
 app.command("tune")(tune_cli.tune_command)
+app.command("export")(export_cli.export_command)
+app.command("serve")(serve_cli.serve_command)
 
 
 def _version(value: bool) -> None:

@@ -43,6 +43,9 @@ def predict_command(
     ] = None,
     batch_size: Annotated[int | None, Opt(min=1, help="Images per forward pass (default: by device).")] = None,
     device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    backend: Annotated[
+        str, Opt(help="torch, or onnx: onnxruntime on the CPU (a .onnx MODEL always uses it).")
+    ] = "torch",
 ) -> int:
     """Predict the class of each image with a trained model (or a backbone's ImageNet classes)."""
     from visiontune.errors import ConfigError, DatasetError
@@ -56,7 +59,7 @@ def predict_command(
         err_console.print(f"[yellow]warning:[/] {pattern}: no image files found", highlight=False)
     if not expanded.paths:
         raise DatasetError(f"no images to predict in {', '.join(inputs)}; give image files, folders or patterns")
-    predictor = load(model, device=device)
+    predictor = load(model, device=device, backend=backend)
     with progress_bar("predicting", quiet=output_format != "table") as (advance, set_total):
         set_total(len(expanded.paths))
         predictions = predictor.predict(
@@ -154,9 +157,10 @@ def _print_table(predictions: list, topk: int) -> None:
 def _common_folder(paths: list[str]) -> str | None:
     """The folder all paths share, so the table shows short names that still tell files apart."""
     try:
-        return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else None
+        common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else None
     except ValueError:  # different drives
         return None
+    return common if common and os.path.dirname(common) != common else None  # not the file system's root
 
 
 def _print_summary(predictions: list, *, calibrated: bool) -> None:

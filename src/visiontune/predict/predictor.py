@@ -28,16 +28,18 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from visiontune.bundle import BundleMeta, load_bundle, resolve_bundle_path
+from visiontune.config import check_choice
 from visiontune.data.images import DEFAULT_MAX_PIXELS, from_array, open_image, to_rgb
 from visiontune.data.transforms import Preprocessing, normalize_batch, pixel_transform
 from visiontune.errors import BundleError, ConfigError, ImageError, ModelError
-from visiontune.evaluation.calibration import UNKNOWN_SCORES, uncalibrated, unknown_scores, unknown_threshold
+from visiontune.evaluation.calibration import uncalibrated, unknown_scores, unknown_threshold
 from visiontune.system import available_cpus, inference_batch_size
 
 log = logging.getLogger(__name__)
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 TTA_ZOOM = 0.875  # the crop views keep this fraction of each side
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -97,9 +99,16 @@ class Predictor:
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, source: str | Path, *, device: str | torch.device = "auto") -> Predictor:
-        """A bundle folder, a run folder (its final bundle), or a backbone name (its ImageNet classifier)."""
+    def load(cls, source: str | Path, *, device: str | torch.device = "auto", backend: str = "torch") -> Predictor:
+        """A bundle folder, a run folder (its final bundle), or a backbone name (its ImageNet classifier).
+
+        `backend="onnx"` runs the forward pass in onnxruntime on the CPU, from a `.onnx` file that
+        `visiontune export` wrote or from a bundle (its model.onnx, exported on first use if missing).
+        """
+        check_choice("backend", backend, BACKENDS)
         path = Path(source)
+        if backend == "onnx" or path.suffix.lower() == ".onnx":
+            return cls._onnx(path, device)
         if path.exists() or any(sep in str(source) for sep in ("/", "\\")):
             folder = resolve_bundle_path(path)
             model, meta = load_bundle(folder)
@@ -113,6 +122,17 @@ class Predictor:
                 name=str(folder),
             )
         return cls.pretrained(str(source), device=device)
+
+    @classmethod
+    def _onnx(cls, path: Path, device: str | torch.device) -> Predictor:
+        from visiontune.predict.onnx_backend import load_onnx
+
+        if str(device) not in ("auto", "cpu"):
+            raise ConfigError(f"the onnx backend runs on the CPU: use --device cpu or --backend torch (not {device})")
+        model, meta, name = load_onnx(path)
+        return cls(
+            model, meta.classes, meta.preprocessing, calibration=meta.calibration, meta=meta, device="cpu", name=name
+        )
 
     @classmethod
     def pretrained(cls, name: str, *, device: str | torch.device = "auto") -> Predictor:
@@ -153,29 +173,58 @@ class Predictor:
             raise ConfigError(f"`topk` must be at least 1. Received: topk={topk}")
         items = _as_list(images)
         score_name, threshold = unknown_threshold(self.calibration, unknown_score)
+        threshold = threshold if unknown else None  # no threshold: never "unknown"
         results: list[Prediction | None] = [None] * len(items)
         for batch, positions, failures in self._batches(items, batch_size, num_workers, max_pixels):
             for position, reason in failures:
                 results[position] = Prediction(_path_of(items[position]), [], error=reason)
             if batch is None:
                 continue
-            logits = self.logits(batch, tta=tta)
-            probs = (logits / self.temperature).softmax(dim=1)
-            if tta:
-                probs = probs.view(4, -1, probs.shape[1]).mean(0)
-                logits = logits.view(4, -1, logits.shape[1]).mean(0)
-            scores = _scores(logits, probs, self.temperature, score_name)
-            top_p, top_i = probs.topk(min(topk, self.num_classes), dim=1)
-            for row, position in enumerate(positions):
-                ranked = [
-                    {"label": self.classes[i], "probability": round(float(p), 6)}
-                    for p, i in zip(top_p[row].tolist(), top_i[row].tolist(), strict=True)
-                ]
-                flagged = bool(unknown and threshold is not None and float(scores[row]) < threshold)
-                results[position] = Prediction(_path_of(items[position]), ranked, flagged, None, float(scores[row]))
+            paths = [_path_of(items[position]) for position in positions]
+            ranked = self._rank(batch, paths, tta=tta, topk=topk, score_name=score_name, threshold=threshold)
+            for position, prediction in zip(positions, ranked, strict=True):
+                results[position] = prediction
             if on_batch:
                 on_batch(len(positions) + len(failures))
         return [r for r in results if r is not None]
+
+    def predict_pixels(
+        self, pixels: torch.Tensor, *, topk: int = 5, unknown: bool = True, unknown_score: str | None = None
+    ) -> list[Prediction]:
+        """Predictions for a (B, H, W, 3) uint8 batch already at model size, in one forward pass.
+
+        For callers that decode and resize themselves, e.g. the HTTP service's dynamic batches
+        (`pixel_transform(predictor.preprocessing)` makes such pixels from an RGB image).
+        """
+        if topk < 1:
+            raise ConfigError(f"`topk` must be at least 1. Received: topk={topk}")
+        score_name, threshold = unknown_threshold(self.calibration, unknown_score)
+        threshold = threshold if unknown else None
+        return self._rank(pixels, [None] * len(pixels), topk=topk, score_name=score_name, threshold=threshold)
+
+    def _rank(
+        self,
+        pixels: torch.Tensor,
+        paths: list[str | None],
+        *,
+        topk: int,
+        score_name: str,
+        threshold: float | None,
+        tta: bool = False,
+    ) -> list[Prediction]:
+        """One forward pass: calibrated top-k per row, flagged unknown below `threshold` (never when None)."""
+        logits, probs = self._calibrated(pixels, tta=tta)
+        scores = _scores(logits, probs, self.temperature, score_name)
+        top_p, top_i = probs.topk(min(topk, self.num_classes), dim=1)
+        results = []
+        for row, path in enumerate(paths):
+            ranked = [
+                {"label": self.classes[i], "probability": round(float(p), 6)}
+                for p, i in zip(top_p[row].tolist(), top_i[row].tolist(), strict=True)
+            ]
+            flagged = threshold is not None and float(scores[row]) < threshold
+            results.append(Prediction(path, ranked, flagged, None, float(scores[row])))
+        return results
 
     def predict_proba(self, images: ImageInput | Iterable[ImageInput], *, tta: bool = False) -> np.ndarray:
         """(N, K) calibrated class probabilities; raises ImageError on the first input that can't be read."""
@@ -186,11 +235,17 @@ class Predictor:
                 position, reason = failures[0]
                 raise ImageError(_path_of(items[position]) or f"input {position}", reason)
             if batch is not None:
-                probs = (self.logits(batch, tta=tta) / self.temperature).softmax(dim=1)
-                if tta:
-                    probs = probs.view(4, -1, probs.shape[1]).mean(0)
-                out[positions] = probs.numpy()
+                out[positions] = self._calibrated(batch, tta=tta)[1].numpy()
         return out
+
+    def _calibrated(self, pixels: torch.Tensor, *, tta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, temperature-scaled probabilities) per input; with `tta` both averaged over the four views."""
+        logits = self.logits(pixels, tta=tta)
+        probs = (logits / self.temperature).softmax(dim=1)
+        if tta:
+            probs = probs.view(4, -1, probs.shape[1]).mean(0)
+            logits = logits.view(4, -1, logits.shape[1]).mean(0)
+        return logits, probs
 
     @torch.inference_mode()
     def logits(self, pixels: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
@@ -225,9 +280,9 @@ class Predictor:
         yield from loader
 
 
-def load(source: str | Path, *, device: str | torch.device = "auto") -> Predictor:
-    """`Predictor.load`: a bundle, a run folder or a backbone name, ready to predict."""
-    return Predictor.load(source, device=device)
+def load(source: str | Path, *, device: str | torch.device = "auto", backend: str = "torch") -> Predictor:
+    """`Predictor.load`: a bundle, a run folder, a backbone name or an exported .onnx file, ready to predict."""
+    return Predictor.load(source, device=device, backend=backend)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -336,8 +391,7 @@ def _workers(requested: int | None, all_files: bool, count: int, batch: int, dev
 
 
 def _scores(logits: torch.Tensor, probs: torch.Tensor, temperature: float, score: str) -> torch.Tensor:
-    if score not in UNKNOWN_SCORES:
-        raise ConfigError(f"unknown score {score!r}: use one of {', '.join(UNKNOWN_SCORES)}")
+    """The unknown score per input, MSP from the (view-averaged) probabilities; `unknown_threshold` checked `score`."""
     if score == "msp":
         return probs.max(dim=1).values
     return unknown_scores(logits, temperature=temperature, score=score)

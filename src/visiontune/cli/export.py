@@ -1,0 +1,91 @@
+"""`visiontune export MODEL --format onnx`: an ONNX file checked against PyTorch, optionally an int8 twin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from visiontune.cli.console import console, err_console
+
+if TYPE_CHECKING:
+    from visiontune.export import ExportReport
+
+Opt = typer.Option
+INT8_ACCURACY_WARNING = 0.01
+
+
+def export_command(
+    model: Annotated[str, typer.Argument(help="Bundle folder or run folder.")],
+    export_format: Annotated[str, Opt("--format", help="Export format: onnx.")] = "onnx",
+    out: Annotated[Path | None, Opt(help="Output file (default: model.onnx inside the bundle folder).")] = None,
+    quantize: Annotated[
+        str | None, Opt(help="int8: also write an int8 model (static, calibrated on training images) and compare.")
+    ] = None,
+    opset: Annotated[int, Opt(help="ONNX opset version (18-23).")] = 18,
+    data: Annotated[
+        Path | None, Opt(help="Where the training data is now, if it moved: the check re-scores its validation split.")
+    ] = None,
+    split: Annotated[str, Opt(help="Split the check re-scores: valid or test.")] = "valid",
+    calibration_images: Annotated[int, Opt(min=1, help="Training images that calibrate --quantize int8.")] = 256,
+) -> int:
+    """Export a trained model to ONNX and check it gives PyTorch's answers on real images."""
+    from visiontune.export import ExportConfig, export_model
+
+    config = ExportConfig(
+        format=export_format,
+        out=str(out) if out else None,
+        opset=opset,
+        quantize=quantize,
+        data=str(data) if data else None,
+        split=split,
+        calibration_images=calibration_images,
+    )
+    with err_console.status("exporting and checking"):
+        report = export_model(model, config)
+    _print_report(report, opset)
+    return 0
+
+
+def _print_report(report: ExportReport, opset: int) -> None:
+    parity = report.parity
+    console.print(f"exported {report.path} ({_mb(report.size_bytes)}, opset {opset}, dynamic batch)", highlight=False)
+    console.print(f"checked on {report.images}:", highlight=False)
+    console.print(
+        f"  probabilities: max |PyTorch - ONNX| = {parity.max_abs_diff:.1e} (limit {report.tolerance:g}) [green]ok[/];"
+        f" top-1 agreement {parity.agreement:.2%}",
+        highlight=False,
+    )
+    if parity.reference_accuracy is not None:
+        console.print(
+            f"  accuracy: PyTorch {parity.reference_accuracy:.2%}, ONNX {parity.candidate_accuracy:.2%}",
+            highlight=False,
+        )
+    q = report.quantized
+    if q is None:
+        return
+    c = q.comparison
+    console.print(f"int8: {q.path} (calibrated on {q.calibration})", highlight=False)
+    console.print(
+        f"  size {_mb(q.float_size_bytes)} -> {_mb(q.size_bytes)} ({q.float_size_bytes / q.size_bytes:.1f}x smaller)",
+        highlight=False,
+    )
+    console.print(
+        f"  speed {q.float_speed:.0f} -> {q.int8_speed:.0f} images/s ({q.int8_speed / q.float_speed:.2f}x;"
+        f" onnxruntime on this CPU, batches of {q.batch})",
+        highlight=False,
+    )
+    accuracy = ""
+    if c.reference_accuracy is not None and c.candidate_accuracy is not None:
+        accuracy = f"accuracy {c.reference_accuracy:.2%} -> {c.candidate_accuracy:.2%}, "
+        if c.candidate_accuracy < c.reference_accuracy - INT8_ACCURACY_WARNING:
+            err_console.print("[yellow]warning:[/] int8 costs over 1 point of accuracy: prefer the float model")
+    console.print(
+        f"  {accuracy}top-1 agreement with float {c.agreement:.2%}, max probability difference {c.max_abs_diff:.3f}",
+        highlight=False,
+    )
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"

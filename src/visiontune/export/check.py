@@ -1,0 +1,141 @@
+"""Does the exported graph answer as the bundle does? Probabilities, accuracy and speed on real images.
+
+The images are the run's own: its validation split as splits.csv recorded it (found where the
+data was, or under `--data` when the folder has moved), which also gives an accuracy to compare;
+without a run folder or its data, a few real images shipped with visiontune (Fashion-MNIST), which
+still test the numbers, though not the accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from visiontune.bundle import BundleMeta
+from visiontune.data.images import open_image
+from visiontune.data.transforms import normalize_batch, pixel_transform
+from visiontune.errors import DatasetError
+from visiontune.predict import Predictor
+
+log = logging.getLogger(__name__)
+
+FALLBACK_IMAGES = 32
+PARITY_TOLERANCE = 1e-4  # max abs difference of probabilities between PyTorch and onnxruntime
+
+
+@dataclass
+class CheckImages:
+    """Images to compare on (paths or arrays), their class indices when known, and where they came from."""
+
+    items: list[Any]
+    labels: list[int] | None
+    description: str
+
+
+@dataclass
+class Comparison:
+    """Two models on the same images: the largest probability difference, top-1 agreement, both accuracies."""
+
+    images: int
+    max_abs_diff: float
+    agreement: float
+    reference_accuracy: float | None
+    candidate_accuracy: float | None
+
+
+def check_images(folder: Path, meta: BundleMeta, *, data: Path | None = None, split: str = "valid") -> CheckImages:
+    """The run's `split` images (with labels) when they can be found, else a few bundled real images."""
+    found = split_images(folder, meta, data=data, split=split)
+    if found is not None:
+        return found
+    from visiontune.data.demo import load_subset
+
+    arrays = load_subset()["test_images"][:FALLBACK_IMAGES]
+    hint = "pass --data DIR (the folder it was trained on) to re-score it"
+    return CheckImages(
+        list(arrays), None, f"{len(arrays)} bundled Fashion-MNIST images (the run's {split} split not found: {hint})"
+    )
+
+
+def split_images(
+    folder: Path, meta: BundleMeta, *, data: Path | None, split: str, limit: int | None = None
+) -> CheckImages | None:
+    """The images splits.csv assigned to `split`, spread over the list when `limit` is given; None if none exist."""
+    splits = folder.parent / "splits.csv"
+    if not splits.is_file():
+        return None
+    root = meta.training.get("data_root")
+    with open(splits, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("split") == split and r.get("label") in meta.classes]
+    if limit is not None and len(rows) > limit:
+        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).round().astype(int)]  # every class, in order
+    located = [(_locate(Path(r["path"]), root, data), meta.classes.index(r["label"])) for r in rows]
+    present = [(path, label) for path, label in located if path is not None]
+    if not present:
+        return None
+    if len(present) < len(located):
+        log.warning("%d of the run's %s images are missing and not scored", len(located) - len(present), split)
+    where = data or root
+    return CheckImages(
+        [p for p, _ in present], [y for _, y in present], f"the run's {split} split ({len(present)} images in {where})"
+    )
+
+
+def _locate(recorded: Path, root: str | None, data: Path | None) -> Path | None:
+    """Where a splits.csv path is now: under `data` in place of the recorded root, or where it was."""
+    if data is not None:
+        try:
+            relative = recorded.relative_to(root) if root else recorded
+        except ValueError:
+            relative = recorded
+        candidate = data / relative
+        return candidate if candidate.is_file() else None
+    return recorded if recorded.is_file() else None
+
+
+def compare(reference: Predictor, candidate: Predictor, images: CheckImages) -> Comparison:
+    """Both models' calibrated probabilities on `images`: max |difference|, top-1 agreement, accuracies."""
+    if not images.items:
+        raise DatasetError("no images to check the export on")
+    ref = reference.predict_proba(images.items)
+    cand = candidate.predict_proba(images.items)
+    agreement = float(np.mean(ref.argmax(1) == cand.argmax(1)))
+    accuracies: list[float | None] = [None, None]
+    if images.labels is not None:
+        labels = np.asarray(images.labels)
+        accuracies = [float(np.mean(ref.argmax(1) == labels)), float(np.mean(cand.argmax(1) == labels))]
+    return Comparison(len(ref), float(np.abs(ref - cand).max()), agreement, *accuracies)
+
+
+def sample_batch(images: CheckImages, meta: BundleMeta, size: int) -> torch.Tensor:
+    """(size, 3, H, W) normalised float32 images from `images`, repeated if there are fewer."""
+    pixels = pixel_transform(meta.preprocessing)
+    chosen = [images.items[i % len(images.items)] for i in range(size)]
+    decoded = [open_image(item) if isinstance(item, Path) else _from_array(item) for item in chosen]
+    return normalize_batch(torch.stack([pixels(image) for image in decoded]), meta.preprocessing).contiguous()
+
+
+def throughput(model: torch.nn.Module, batch: torch.Tensor, *, repeats: int = 3, passes: int = 4) -> float:
+    """Images per second through `model` on `batch`, the best of `repeats` runs of `passes` forward passes."""
+    with torch.inference_mode():
+        model(batch)  # warm-up: first runs allocate
+        best = 0.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(passes):
+                model(batch)
+            best = max(best, passes * len(batch) / (time.perf_counter() - start))
+    return best
+
+
+def _from_array(array: np.ndarray) -> Any:
+    from visiontune.data.images import from_array
+
+    return from_array(array)

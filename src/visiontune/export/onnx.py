@@ -1,0 +1,156 @@
+"""A bundle's model as an ONNX graph: normalised images in, logits out, the rest in the metadata.
+
+The graph is `Classifier.forward` traced by torch.export (`torch.onnx.export(dynamo=True)`, the
+exporter PyTorch maintains) with a dynamic batch axis:
+
+    images  (batch, 3, H, W) float32, RGB scaled to 0..1, then (x - mean) / std
+    logits  (batch, K) float32;  probabilities = softmax(logits / temperature)
+
+Resizing stays outside the graph (it depends on each image's size), so the metadata says how:
+`preprocessing` (size, mean, std, interpolation, resize mode), `classes`, `calibration`
+(temperature and "unknown" thresholds), `arch` and `metrics` as JSON strings, plus the sha256 of
+the weights the graph came from. `visiontune.predict.onnx_backend` reads them back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from visiontune import __version__
+from visiontune.bundle import BundleMeta, load_bundle, resolve_bundle_path
+from visiontune.errors import ConfigError, MissingPackageError, ModelError
+from visiontune.io import atomic_path
+from visiontune.predict.onnx_backend import INPUT_NAME, ONNX_FORMAT, OUTPUT_NAME, weights_sha256
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+OPSETS = range(18, 24)  # what torch.onnx's exporter writes natively (older opsets would need a lossy conversion)
+_NOT_EXPORTABLE_HINT = "serve it with --backend torch, or fit a linear head (--heads logreg) to export"
+
+
+def export_bundle(source: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
+    """Export the bundle (or run) at `source` to `out` with its metadata; no checks (see `export.check`).
+
+    Example:
+        >>> export_bundle("runs/demo", "demo.onnx")  # doctest: +SKIP
+        PosixPath('demo.onnx')
+    """
+    folder = resolve_bundle_path(source)
+    model, meta = load_bundle(folder)
+    with atomic_path(out) as tmp:
+        to_onnx(model, meta, tmp, opset=opset, weights=weights_sha256(folder), where=folder)
+    return Path(out)
+
+
+def to_onnx(
+    model: torch.nn.Module,
+    meta: BundleMeta,
+    path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    weights: str | None = None,
+    where: str | Path = "<model>",
+) -> None:
+    """Write `model` (images -> logits) as ONNX at `path` (not atomically: callers pass a temporary path)."""
+    onnx = import_onnx()
+    if opset not in OPSETS:
+        raise ConfigError(f"`opset` must be one of {OPSETS.start}..{OPSETS.stop - 1}. Received: opset={opset}")
+    height, width = meta.preprocessing.image_size
+    example = torch.randn(2, 3, height, width)  # 2, not 1: a batch of one would be specialised into the graph
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    try:
+        with _quiet():
+            # torch.export first, so a model that can't be traced fails here with its reason, rather than
+            # torch.onnx falling back to the TorchScript exporter and a graph with a fixed batch size
+            traced = torch.export.export(model.eval().float(), (example,), dynamic_shapes=({0: batch},), strict=False)
+            program = torch.onnx.export(
+                traced,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as exc:  # torch.export and the ONNX translation raise many unrelated types
+        reason = _first_line(exc)
+        raise ModelError(f"{where}: {_what(meta)} can't be exported to ONNX ({reason}); {_hint(meta)}") from exc
+    proto = program.model_proto
+    if not proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param:
+        raise ModelError(f"{where}: the exported graph has a fixed batch size; {_hint(meta)}")
+    set_metadata(proto, metadata(meta, weights=weights))
+    onnx.save_model(proto, str(path))
+
+
+def metadata(meta: BundleMeta, *, weights: str | None = None) -> dict[str, str]:
+    """The ONNX metadata_props: JSON values under plain keys, readable without visiontune."""
+    props = {
+        "visiontune.format": ONNX_FORMAT,
+        "visiontune.version": __version__,
+        "classes": json.dumps(meta.classes),
+        "preprocessing": json.dumps(meta.preprocessing.to_dict()),
+        "calibration": json.dumps(meta.calibration),
+        "arch": json.dumps(meta.arch),
+        "metrics": json.dumps(meta.metrics),
+        "input": f"{INPUT_NAME}: (batch, 3, H, W) float32 RGB in 0..1, normalised (x - mean) / std",
+        "output": f"{OUTPUT_NAME}: (batch, classes) float32; probabilities = softmax(logits / temperature)",
+    }
+    if weights:
+        props["weights_sha256"] = weights
+    return props
+
+
+def set_metadata(proto: object, props: dict[str, str]) -> None:
+    """Replace the model's metadata_props with `props` (keys not in `props` are kept)."""
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]  # type: ignore[attr-defined]
+    del proto.metadata_props[:]  # type: ignore[attr-defined]
+    for key, value in [*kept, *props.items()]:
+        entry = proto.metadata_props.add()  # type: ignore[attr-defined]
+        entry.key, entry.value = key, value
+    proto.producer_name = "visiontune"  # type: ignore[attr-defined]
+    proto.producer_version = __version__  # type: ignore[attr-defined]
+
+
+def import_onnx() -> object:
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as exc:
+        raise MissingPackageError("ONNX export needs onnx and onnxscript: pip install 'visiontune[export]'") from exc
+    return onnx
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter prints progress lines and warns about internals; the CLI owns the console."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as captured:
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            log.debug("torch.onnx: %s", captured.getvalue())
+
+
+def _what(meta: BundleMeta) -> str:
+    head = (meta.arch.get("fitted_head") or {}).get("kind")
+    return f"the {head} head (features method)" if head else f"the {meta.arch.get('name', 'model')} model"
+
+
+def _hint(meta: BundleMeta) -> str:
+    if (meta.arch.get("fitted_head") or {}).get("kind"):
+        return _NOT_EXPORTABLE_HINT
+    return "serve it with --backend torch, or try another --opset"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]

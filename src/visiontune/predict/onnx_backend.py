@@ -1,0 +1,143 @@
+"""onnxruntime in place of PyTorch for the forward pass: `Predictor.load(..., backend="onnx")`.
+
+`OnnxModel` is an `nn.Module` with no parameters whose forward runs an onnxruntime session, so
+the Predictor keeps its one code path (`.eval().to(cpu)`, `requires_grad_`, `model(images)`):
+only the matrix maths moves. Everything the Predictor needs besides the graph (classes,
+preprocessing, calibration) travels in the ONNX file's metadata, written by `visiontune export`,
+so a `.onnx` file alone is enough to predict and serve; onnxruntime reads that metadata itself,
+the `onnx` package is not needed here.
+
+A bundle (or run) folder with `backend="onnx"` takes its graph from the bundle's own `model.onnx`
+when that was exported from these very weights (and its classes and calibration from bundle.json,
+as the torch backend does), and otherwise exports once into the cache folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from visiontune.bundle import WEIGHTS_FILE, BundleMeta, read_meta, resolve_bundle_path
+from visiontune.data.fileinfo import default_cache_path
+from visiontune.data.transforms import Preprocessing
+from visiontune.errors import BundleError, MissingPackageError
+from visiontune.system import available_cpus
+
+log = logging.getLogger(__name__)
+
+ONNX_FORMAT = "visiontune.onnx/1"
+ONNX_FILE = "model.onnx"  # what `visiontune export` writes into the bundle folder by default
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# metadata_props keys: plain names, JSON values, readable by any ONNX consumer
+META_KEYS = ("classes", "preprocessing", "calibration", "arch", "metrics")
+
+
+class OnnxModel(nn.Module):
+    """(B, 3, H, W) normalised float32 images -> (B, K) float32 logits, computed by onnxruntime on the CPU.
+
+    Example:
+        >>> model = OnnxModel("model.onnx")  # doctest: +SKIP
+        >>> model(torch.zeros(2, 3, 224, 224)).shape  # doctest: +SKIP
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        super().__init__()
+        ort = import_onnxruntime()
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or available_cpus()
+        options.inter_op_num_threads = 1  # one request's graph at a time; parallelism is within each op
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors for missing and broken files
+            raise BundleError(f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = np.ascontiguousarray(images.detach().cpu().float().numpy())  # NCHW, whatever the memory format
+        (logits,) = self.session.run([OUTPUT_NAME], {self.input_name: pixels})
+        return torch.from_numpy(logits)
+
+    def extra_repr(self) -> str:
+        return str(self.path)
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingPackageError(
+            "the onnx backend needs onnxruntime: pip install 'visiontune[export]' (or use --backend torch)"
+        ) from exc
+    return onnxruntime
+
+
+def meta_from_onnx(model: OnnxModel) -> BundleMeta:
+    """The bundle metadata `visiontune export` stored in the ONNX file (classes, preprocessing, calibration)."""
+    props = model.metadata
+    if props.get("visiontune.format") != ONNX_FORMAT:
+        raise BundleError(
+            f"{model.path}: no visiontune metadata (format {props.get('visiontune.format')!r}); "
+            "export the model with `visiontune export`, which stores its classes and preprocessing"
+        )
+    try:
+        values = {key: json.loads(props[key]) for key in META_KEYS}
+        return BundleMeta(
+            arch=values["arch"],
+            classes=list(values["classes"]),
+            preprocessing=Preprocessing.from_dict(values["preprocessing"]),
+            metrics=values["metrics"],
+            calibration=values["calibration"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{model.path}: incomplete visiontune metadata ({exc}); export the model again") from exc
+
+
+def weights_sha256(bundle: Path) -> str:
+    """sha256 of a bundle's weights file: ties an exported graph to the weights it came from."""
+    digest = hashlib.sha256()
+    with open(bundle / WEIGHTS_FILE, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_onnx(source: str | Path) -> tuple[OnnxModel, BundleMeta, str]:
+    """(model, metadata, name) from a .onnx file, or from a bundle / run folder (its graph, exported if need be)."""
+    path = Path(source)
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise BundleError(f"{path}: no such ONNX file; create it with `visiontune export MODEL --out {path}`")
+        model = OnnxModel(path)
+        return model, meta_from_onnx(model), str(path)
+    folder = resolve_bundle_path(path)
+    return _model_for(folder), read_meta(folder), str(folder)  # bundle.json stays the truth (e.g. recalibrated)
+
+
+def _model_for(folder: Path) -> OnnxModel:
+    """The bundle's model.onnx when it holds these weights; else a cached export (made once, then reused)."""
+    digest = weights_sha256(folder)
+    cached = default_cache_path().parent / "onnx" / f"{digest[:32]}.onnx"
+    for graph in (folder / ONNX_FILE, cached):
+        if not graph.is_file():
+            continue
+        try:
+            model = OnnxModel(graph)
+        except BundleError:  # a broken file is exported again, not fatal
+            continue
+        if model.metadata.get("weights_sha256") == digest:
+            return model
+    from visiontune.export.onnx import export_bundle  # needs torch.onnx and the onnx package: only this once
+
+    log.warning("%s has no model.onnx for these weights: exporting one to %s", folder, cached)
+    export_bundle(folder, cached)
+    return OnnxModel(cached)

@@ -1,0 +1,416 @@
+"""The HTTP service: `create_app(config)` -> a FastAPI app around one Predictor.
+
+    GET  /               the web page (static/, no CDN: every asset is served from here)
+    POST /predict        one image: multipart field `file`, JSON {"image": base64}, or the raw bytes
+    POST /predict/batch  several images: multipart fields `files` (or `file`), or JSON {"images": [...]}
+    GET  /health         liveness, and what dynamic batching has done
+    GET  /info           classes, architecture, metrics, image size, limits
+    GET  /docs           OpenAPI docs (Swagger UI from local files), /openapi.json
+
+A prediction is exactly one item of `visiontune predict --format json`. Bad input is a 4xx with
+{"error": "..."} naming the problem (413 too large, 422 not a readable image, 401 wrong key);
+nothing a client sends stops the server. The model is loaded once (by the caller, or the
+lifespan) and runs only in the batcher's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from visiontune import __version__
+from visiontune.config import check_choice, check_range
+from visiontune.data.transforms import pixel_transform
+from visiontune.errors import ImageError, ImageTooLargeError, VisiontuneError
+from visiontune.evaluation.calibration import unknown_threshold
+from visiontune.io import json_safe
+from visiontune.predict.onnx_backend import OnnxModel
+from visiontune.predict.predictor import BACKENDS, Prediction, Predictor
+from visiontune.serve.batching import DynamicBatcher
+from visiontune.serve.uploads import BodyLimit, decode_base64, decode_upload
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+# the page loads nothing from elsewhere; previews are blob: URLs
+PAGE_POLICY = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; object-src 'none'"
+UPLOAD_HELP = 'send the image as multipart field \'file\', as JSON {"image": "<base64>"}, or as the raw body'
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the service loads its model and what it accepts; `api_key=None` leaves predictions open."""
+
+    model: str = ""
+    backend: str = "torch"
+    device: str = "cpu"
+    api_key: str | None = None
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_upload_mb: float = 10.0
+    max_pixels: int = 40_000_000
+    max_files: int = 32
+    topk: int = 5
+
+    def __post_init__(self) -> None:
+        check_choice("backend", self.backend, BACKENDS)
+        check_range("max_batch", self.max_batch, 1, 4096)
+        check_range("max_wait_ms", self.max_wait_ms, 0.0, 10_000.0)
+        check_range("max_upload_mb", self.max_upload_mb, 0.001, 1024.0)
+        check_range("max_pixels", self.max_pixels, 1, 10**10)
+        check_range("max_files", self.max_files, 1, 4096)
+        check_range("topk", self.topk, 1, 1_000_000)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)
+
+    def body_limit(self, path: str) -> int | None:
+        """Bytes a request body may hold: one upload (as base64, 4/3 larger, plus form overhead), or max_files."""
+        one = self.max_upload_bytes * 4 // 3 + 64 * 1024
+        return {"/predict": one, "/predict/batch": one * self.max_files}.get(path.rstrip("/"))
+
+
+class Ranked(BaseModel):
+    label: str
+    probability: float
+
+
+class PredictionOut(BaseModel):
+    """One image's answer: the same object as one item of `visiontune predict --format json`."""
+
+    path: str | None
+    predictions: list[Ranked]
+    unknown: bool
+    error: str | None
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx: what went wrong and, where it helps, what to send instead."""
+
+    error: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing or wrong API key"},
+    413: {"model": ErrorOut, "description": "Upload or image too large"},
+    422: {"model": ErrorOut, "description": "Not a readable image, or a malformed request"},
+}
+
+
+class Service:
+    """The loaded predictor, its batcher, and the upload -> pixels path the routes share."""
+
+    def __init__(self, predictor: Predictor, config: ServeConfig) -> None:
+        self.predictor = predictor
+        self.config = config
+        self.pixels = pixel_transform(predictor.preprocessing)
+        height, width = predictor.preprocessing.image_size
+        self.draft = (2 * width, 2 * height)
+        self.batcher: DynamicBatcher[tuple[torch.Tensor, int], Prediction] = DynamicBatcher(
+            self._forward, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms
+        )
+
+    def _forward(self, items: list[tuple[torch.Tensor, int]]) -> list[Prediction]:
+        """One pass for the batch (runs in the batcher's thread); each item keeps its own top-k."""
+        topk = max(k for _, k in items)
+        predictions = self.predictor.predict_pixels(torch.stack([pixels for pixels, _ in items]), topk=topk)
+        return [replace(p, predictions=p.predictions[:k]) for p, (_, k) in zip(predictions, items, strict=True)]
+
+    def decode(self, data: bytes, name: str) -> torch.Tensor:
+        """(H, W, 3) uint8 pixels at model size, or ImageError; CPU work, run in a worker thread."""
+        image = decode_upload(
+            data, name=name, max_bytes=self.config.max_upload_bytes, max_pixels=self.config.max_pixels, draft=self.draft
+        )
+        return self.pixels(image)
+
+    async def predict_one(self, name: str, data: bytes, topk: int) -> Prediction:
+        pixels = await run_in_threadpool(self.decode, data, name)
+        prediction = await self.batcher.submit((pixels, topk))
+        return replace(prediction, path=name)
+
+    async def predict_many(self, uploads: list[tuple[str, bytes]], topk: int) -> list[Prediction]:
+        """Every upload answered; one that can't be read gets `error`, as `predict` does for a bad file."""
+        jobs = (run_in_threadpool(self._decode_or_error, data, name) for name, data in uploads)
+        decoded = await asyncio.gather(*jobs)  # decoded side by side in worker threads
+        good = [(pixels, topk) for pixels in decoded if isinstance(pixels, torch.Tensor)]
+        answers = iter(await self.batcher.submit_many(good))
+        return [
+            Prediction(name, [], error=item.reason)
+            if isinstance(item, ImageError)
+            else replace(next(answers), path=name)
+            for (name, _), item in zip(uploads, decoded, strict=True)
+        ]
+
+    def _decode_or_error(self, data: bytes, name: str) -> torch.Tensor | ImageError:
+        try:
+            return self.decode(data, name)
+        except ImageError as exc:
+            return exc
+
+    @property
+    def backend(self) -> str:
+        """What runs the model: a .onnx MODEL is onnxruntime whatever --backend said."""
+        return "onnx" if isinstance(self.predictor.model, OnnxModel) else "torch"
+
+    def info(self) -> dict[str, Any]:
+        predictor, meta = self.predictor, self.predictor.meta
+        score, threshold = unknown_threshold(predictor.calibration)
+        return json_safe(
+            {
+                "model": predictor.name,
+                "backend": self.backend,
+                "architecture": (meta.arch.get("name") if meta else None) or predictor.name,
+                "method": meta.training.get("method") if meta else "pretrained",  # None: an .onnx file
+                "classes": predictor.classes,
+                "num_classes": predictor.num_classes,
+                "image_size": list(predictor.preprocessing.image_size),
+                "preprocessing": predictor.preprocessing.to_dict(),
+                "metrics": meta.metrics if meta else {},
+                "calibration": {"temperature": predictor.temperature, "unknown_score": score, "threshold": threshold},
+                "topk": self.config.topk,
+                "limits": {
+                    "max_upload_mb": self.config.max_upload_mb,
+                    "max_pixels": self.config.max_pixels,
+                    "max_files": self.config.max_files,
+                },
+                "api_key_required": self.config.api_key is not None,
+                "version": __version__,
+            }
+        )
+
+
+def create_app(config: ServeConfig, *, predictor: Predictor | None = None) -> FastAPI:
+    """The FastAPI app; `predictor` (already loaded, e.g. by the CLI) or `config.model` loaded at start-up.
+
+    Example:
+        >>> app = create_app(ServeConfig(model="runs/demo"))  # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = predictor or Predictor.load(config.model, device=config.device, backend=config.backend)
+        service = Service(loaded, config)
+        await service.batcher.start()
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await service.batcher.stop()
+
+    app = FastAPI(
+        title="visiontune",
+        version=__version__,
+        summary="Image classification with a visiontune model.",
+        lifespan=lifespan,
+        docs_url=None,  # replaced below by a page that loads Swagger UI from this server, not a CDN
+        redoc_url=None,
+    )
+    app.add_middleware(BodyLimit, limit_for=config.body_limit)
+    _add_error_handlers(app)
+    _add_pages(app)
+    _add_routes(app)
+    return app
+
+
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The key given to `visiontune serve`.")
+
+
+def require_key(
+    request: Request,
+    service: Annotated[Service, Depends(get_service)],
+    key: Annotated[str | None, Security(_key_header)],
+) -> None:
+    """401 unless the request carries the API key (X-API-Key, or Authorization: Bearer); no-op without one."""
+    expected = service.config.api_key
+    if expected is None:
+        return
+    bearer = request.headers.get("authorization", "")
+    given = key or (bearer[7:] if bearer.lower().startswith("bearer ") else "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        message = "missing or wrong API key: send it in the X-API-Key header"
+        raise HTTPException(401, message, {"WWW-Authenticate": "Bearer"})
+
+
+TopK = Annotated[int | None, Query(ge=1, le=1000, description="Classes per image, best first (default: the server's).")]
+
+
+def _add_routes(app: FastAPI) -> None:
+    protected = [Depends(require_key)]
+
+    @app.get("/health", summary="Liveness and batching statistics")
+    async def health(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]:
+        batcher = service.batcher
+        batching = {"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000, **batcher.stats.to_dict()}
+        return {"status": "ok", "model": service.predictor.name, "backend": service.backend, "batching": batching}
+
+    @app.get("/info", summary="Classes, architecture, metrics, image size and limits")
+    async def info(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]:
+        return service.info()
+
+    @app.post(
+        "/predict",
+        summary="Classify one image",
+        dependencies=protected,
+        responses=ERRORS,
+        openapi_extra=_upload_schema(many=False),
+    )
+    async def predict(
+        request: Request, service: Annotated[Service, Depends(get_service)], topk: TopK = None
+    ) -> PredictionOut:
+        name, data = (await _read_uploads(request, service.config, many=False))[0]
+        prediction = await service.predict_one(name, data, _topk(topk, service))
+        return PredictionOut.model_validate(prediction.to_dict())
+
+    @app.post(
+        "/predict/batch",
+        summary="Classify several images (one error per unreadable image)",
+        dependencies=protected,
+        responses=ERRORS,
+        openapi_extra=_upload_schema(many=True),
+    )
+    async def predict_batch(
+        request: Request, service: Annotated[Service, Depends(get_service)], topk: TopK = None
+    ) -> list[PredictionOut]:
+        uploads = await _read_uploads(request, service.config, many=True)
+        predictions = await service.predict_many(uploads, _topk(topk, service))
+        return [PredictionOut.model_validate(p.to_dict()) for p in predictions]
+
+
+def _topk(requested: int | None, service: Service) -> int:
+    return min(requested or service.config.topk, service.predictor.num_classes)
+
+
+async def _read_uploads(request: Request, config: ServeConfig, *, many: bool) -> list[tuple[str, bytes]]:
+    """(name, bytes) per image from a multipart form, a JSON body or the raw body; ImageError when there is none."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        return await _from_form(request, config, many=many)
+    if kind == "application/x-www-form-urlencoded":  # an HTML form without enctype: text fields only
+        raise ImageError("<request>", f"a form of text fields, with no file in it; {UPLOAD_HELP} (multipart/form-data)")
+    body = await request.body()
+    if not body:
+        raise ImageError("<request>", f"empty request: {UPLOAD_HELP}")
+    if kind == "application/json":
+        return _from_json(body, config, many=many)
+    return [("<body>", body)]  # raw bytes, whatever the content type claims: sniffed when decoded
+
+
+async def _from_form(request: Request, config: ServeConfig, *, many: bool) -> list[tuple[str, bytes]]:
+    form = await request.form(max_files=config.max_files if many else 1, max_fields=16)
+    names = ("files", "file") if many else ("file",)
+    parts = [part for name in names for part in form.getlist(name)]
+    if not parts:
+        sent = ", ".join(sorted(set(form.keys()))) or "none"
+        field = "'files'" if many else "'file'"
+        raise ImageError("<request>", f"no image in multipart field {field} (fields sent: {sent}); {UPLOAD_HELP}")
+    uploads = []
+    for index, part in enumerate(parts):
+        if isinstance(part, str):
+            raise ImageError("<request>", f"multipart field {names[0]!r} holds text, not a file; attach the image file")
+        uploads.append((part.filename or f"<file {index}>", await part.read()))
+    return uploads
+
+
+def _from_json(body: bytes, config: ServeConfig, *, many: bool) -> list[tuple[str, bytes]]:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ImageError("<request>", f"the body is not valid JSON ({exc}); {UPLOAD_HELP}") from exc
+    key = "images" if many else "image"
+    if not isinstance(payload, dict) or key not in payload:
+        found = ", ".join(sorted(payload)) if isinstance(payload, dict) else type(payload).__name__
+        raise ImageError("<request>", f'JSON needs the key "{key}" (got: {found or "nothing"}); {UPLOAD_HELP}')
+    values = payload[key] if many else [payload[key]]
+    if not isinstance(values, list) or not values or len(values) > config.max_files:
+        raise ImageError("<request>", f'"{key}" must be a list of 1 to {config.max_files} base64 strings')
+    return [(f"{key}[{i}]" if many else "image", decode_base64(v, name=key)) for i, v in enumerate(values)]
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as {"error": message} with a 4xx a client can act on; the server carries on."""
+
+    @app.exception_handler(VisiontuneError)
+    async def visiontune_error(request: Request, exc: VisiontuneError) -> JSONResponse:
+        status = 413 if isinstance(exc, ImageTooLargeError) else 422
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": problems}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _add_pages(app: FastAPI) -> None:
+    """The web page and the offline API docs, both from files inside the package."""
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(), headers={"Content-Security-Policy": PAGE_POLICY})
+
+    try:
+        import fastapi_offline  # ships Swagger UI's files; only they are used
+    except ImportError:
+        log.info("fastapi-offline is not installed: /docs is off (the schema is at /openapi.json)")
+        return
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount("/docs-assets", StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"), name="docs")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="visiontune API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
+
+
+def _upload_schema(*, many: bool) -> dict[str, Any]:
+    """The request bodies the route parses itself, for the OpenAPI docs."""
+    binary = {"type": "string", "format": "binary"}
+    if many:
+        form = {"files": {"type": "array", "items": binary}}
+        body = {"images": {"type": "array", "items": {"type": "string", "format": "base64"}}}
+    else:
+        form = {"file": binary}
+        body = {"image": {"type": "string", "format": "base64", "description": "the file's bytes, base64"}}
+    required = list(form)
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object", "properties": form, "required": required}},
+                "application/json": {"schema": {"type": "object", "properties": body, "required": list(body)}},
+            },
+        }
+    }

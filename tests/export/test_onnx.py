@@ -1,0 +1,169 @@
+"""ONNX export: parity with PyTorch on the run's own images, metadata that round-trips, every head exported."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import visiontune
+from visiontune.bundle import BundleMeta, load_bundle, read_meta
+from visiontune.data.transforms import Preprocessing
+from visiontune.errors import ConfigError, ModelError
+from visiontune.export import ExportConfig, ExportReport, export_model
+from visiontune.export.check import check_images, compare
+from visiontune.export.onnx import to_onnx
+from visiontune.predict.onnx_backend import OnnxModel, meta_from_onnx
+
+TOLERANCE = 1e-4
+
+
+def _test_images(data: Path) -> list[tuple[Path, str]]:
+    return [(p, p.parent.name) for p in sorted((data / "test").rglob("*.png"))]
+
+
+@pytest.fixture
+def exported(finetuned_onnx: ExportReport) -> ExportReport:
+    return finetuned_onnx
+
+
+def test_finetuned_export_matches_pytorch_on_the_validation_split(exported: ExportReport, finetuned_run: Path) -> None:
+    parity = exported.parity
+    assert "valid split" in exported.images  # the run's own held-out images, found through splits.csv
+    rows = (finetuned_run / "splits.csv").read_text().splitlines()
+    assert parity.images == sum(1 for row in rows if row.endswith(",valid"))
+    assert parity.max_abs_diff <= TOLERANCE
+    assert parity.agreement == 1.0
+    assert parity.candidate_accuracy == pytest.approx(parity.reference_accuracy)
+    recorded = read_meta(finetuned_run).metrics["valid_accuracy"]
+    assert parity.reference_accuracy == pytest.approx(recorded, abs=1e-6)
+    assert [p.name for p in exported.path.parent.iterdir()] == ["model.onnx"]  # no temporary left behind
+
+
+def test_metadata_round_trips_and_the_batch_axis_is_dynamic(exported: ExportReport, finetuned_run: Path) -> None:
+    _, meta = load_bundle(finetuned_run)
+    model = OnnxModel(exported.path)
+    back = meta_from_onnx(model)
+    assert back.classes == meta.classes
+    assert back.preprocessing == meta.preprocessing
+    assert back.calibration == meta.calibration
+    assert back.arch == meta.arch
+    proto = onnx.load(str(exported.path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert {"classes", "preprocessing", "calibration", "weights_sha256"} <= set(props)  # plain keys, any reader
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    height, width = meta.preprocessing.image_size
+    for batch in (1, 5):
+        assert model(torch.zeros(batch, 3, height, width)).shape == (batch, len(meta.classes))
+
+
+def test_onnx_backend_gives_torch_top1_on_the_test_split(
+    exported: ExportReport, finetuned_run: Path, trained_data: Path
+) -> None:
+    images = [p for p, _ in _test_images(trained_data)]
+    torch_side = visiontune.load(finetuned_run, device="cpu").predict(images, topk=3)
+    onnx_side = visiontune.load(exported.path).predict(images, topk=3)
+    assert [p.label for p in onnx_side] == [p.label for p in torch_side]
+    assert [p.unknown for p in onnx_side] == [p.unknown for p in torch_side]
+    diffs = [abs(a.probability - b.probability) for a, b in zip(onnx_side, torch_side, strict=True)]
+    assert max(diffs) <= TOLERANCE
+
+
+def test_bundle_with_backend_onnx_uses_its_model_onnx_else_exports_once(
+    exported: ExportReport, finetuned_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import visiontune.export.onnx as export_onnx
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(finetuned_run / "model", bundle)
+    shutil.copy(exported.path, bundle / "model.onnx")
+    calls: list[Path] = []
+    real_export = export_onnx.export_bundle
+    monkeypatch.setattr(export_onnx, "export_bundle", lambda src, out: calls.append(out) or real_export(src, out))
+    predictor = visiontune.load(bundle, backend="onnx")
+    assert isinstance(predictor.model, OnnxModel) and predictor.model.path == bundle / "model.onnx"
+    assert calls == []
+    (bundle / "model.onnx").unlink()
+    first = visiontune.load(bundle, backend="onnx")
+    second = visiontune.load(bundle, backend="onnx")
+    assert len(calls) == 1 and first.model.path == second.model.path == calls[0]  # cached, not exported again
+    with pytest.raises(ConfigError, match="onnx backend runs on the CPU"):
+        visiontune.load(bundle, backend="onnx", device="cuda")
+
+
+def test_features_logreg_bundle_exports_with_parity(features_run: Path, tmp_path: Path) -> None:
+    report = export_model(features_run, ExportConfig(out=str(tmp_path / "features.onnx")))
+    assert read_meta(features_run).arch["fitted_head"]["kind"] == "linear"
+    assert report.parity.max_abs_diff <= TOLERANCE
+    assert report.parity.agreement == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["knn", "rf"])
+def test_knn_and_forest_heads_export_too(head: str, trained_data: Path, tmp_path: Path) -> None:
+    """k-NN (top-k over stored vectors) and the forest (tree walks) become TopK / Gather graphs: same answers."""
+    from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from visiontune.training.run import train
+
+    config = RunConfig(
+        DataConfig(source=str(trained_data), valid_pct=0.25),
+        ModelConfig(image_size=64),  # as features_run: its cached features are reused
+        TrainConfig(method="features", heads=(head,), num_workers=0),
+        out=str(tmp_path / "run"),
+    )
+    run = train(config).run_dir
+    report = export_model(run, ExportConfig(out=str(tmp_path / f"{head}.onnx")))
+    assert report.parity.max_abs_diff <= TOLERANCE and report.parity.agreement == 1.0
+
+
+class _DataDependent(nn.Module):
+    """Python control flow on a tensor's value: what torch.export can't trace."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 0:
+            return x.flatten(1)[:, :3]
+        return -x.flatten(1)[:, :3]
+
+
+def test_a_model_that_cannot_be_traced_fails_with_one_clear_line(tmp_path: Path) -> None:
+    pre = Preprocessing(image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    meta = BundleMeta(arch={"name": "toy"}, classes=["a", "b", "c"], preprocessing=pre)
+    with pytest.raises(ModelError) as raised:
+        to_onnx(_DataDependent(), meta, tmp_path / "toy.onnx", where="toy-bundle")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "toy-bundle" in message and "can't be exported to ONNX" in message and "--backend torch" in message
+    assert not (tmp_path / "toy.onnx").exists()
+
+
+def test_bad_options_are_refused_before_any_work() -> None:
+    with pytest.raises(ConfigError, match="Received: quantize='int4'"):
+        ExportConfig(quantize="int4")
+    with pytest.raises(ConfigError, match=r"`opset` must be one of 18\.\.23"):
+        ExportConfig(opset=11)
+
+
+def test_check_finds_moved_data_with_data_and_falls_back_to_bundled_images(
+    exported: ExportReport, finetuned_run: Path, trained_data: Path, tmp_path: Path
+) -> None:
+    """A run whose data moved is re-scored from --data; a bundle alone is still checked, on real images."""
+    meta = read_meta(finetuned_run)
+    moved = tmp_path / "moved"
+    shutil.copytree(trained_data, moved)
+    found = check_images(finetuned_run / "model", meta, data=moved, split="test")
+    assert found.labels is not None
+    located = {(p.relative_to(moved), meta.classes[y]) for p, y in zip(found.items, found.labels, strict=True)}
+    assert located == {(p.relative_to(trained_data), label) for p, label in _test_images(trained_data)}
+    bundle = tmp_path / "bundle"
+    shutil.copytree(finetuned_run / "model", bundle)
+    alone = check_images(bundle, meta)
+    assert alone.labels is None and "bundled Fashion-MNIST images" in alone.description
+    assert "--data" in alone.description  # says how to get the accuracy too
+    reference = visiontune.load(bundle, device="cpu")
+    comparison = compare(reference, visiontune.load(exported.path), alone)
+    assert comparison.images == len(alone.items) and comparison.max_abs_diff <= TOLERANCE
+    assert comparison.reference_accuracy is None
