@@ -158,7 +158,11 @@ def single_threaded() -> Iterator[None]:
 
 def score(head: FittedHead, x: np.ndarray, y: np.ndarray, *, num_classes: int) -> dict[str, float]:
     """Loss, accuracy, balanced accuracy, error rate and macro F1 of `head` on features `x`."""
-    logits = predict_logits(head, x)
+    return score_logits(predict_logits(head, x), y, num_classes=num_classes)
+
+
+def score_logits(logits: torch.Tensor, y: np.ndarray, *, num_classes: int) -> dict[str, float]:
+    """`score` from logits already computed (the kept head's are reused for calibration)."""
     targets = torch.as_tensor(np.asarray(y, dtype=np.int64))
     metrics = classification_metrics(logits, targets, num_classes=num_classes)
     metrics["macro_f1"] = float(

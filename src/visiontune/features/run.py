@@ -38,7 +38,7 @@ from visiontune.evaluation.calibration import calibrate, expected_calibration_er
 from visiontune.evaluation.metrics import imbalance_ratio
 from visiontune.features.cache import weights_digest
 from visiontune.features.extract import Extraction, View, extract_features
-from visiontune.features.heads import DEFAULT_HEADS, HeadResult, best_head, fit_heads, predict_logits, score
+from visiontune.features.heads import DEFAULT_HEADS, HeadResult, best_head, fit_heads, predict_logits, score_logits
 from visiontune.io import atomic_write_json, atomic_write_text
 from visiontune.models import Classifier, create_classifier, get_backbone
 from visiontune.models.fitted import FeatureClassifier
@@ -221,22 +221,22 @@ def choose_head(
         on_fit=on_head,
     )
     best = best_head(results, monitor)
+    # the kept head's logits, computed once: scored, calibrated on valid, ECE on both
+    kept = {split: predict_logits(best.head, embedded.x[split]) for split in ("valid", "test") if split in embedded.x}
     rows, test = [], {}
     for result in results:
         row = {"head": result.name, **{f"valid_{k}": v for k, v in result.valid.items()}}
         if "test" in embedded.x:
-            test[result.name] = score(result.head, embedded.x["test"], embedded.y["test"], num_classes=num_classes)
+            logits = kept["test"] if result is best else predict_logits(result.head, embedded.x["test"])
+            test[result.name] = score_logits(logits, embedded.y["test"], num_classes=num_classes)
             row["test_accuracy"] = test[result.name]["accuracy"]
         rows.append({**row, "fit_s": round(result.fit_s, 3), "best": result is best})
     metrics = {f"valid_{k}": v for k, v in best.valid.items()}
     metrics.update({f"test_{k}": v for k, v in test.get(best.name, {}).items()})
-    valid_logits = predict_logits(best.head, embedded.x["valid"])
-    calibration = calibrate(valid_logits, torch.as_tensor(embedded.y["valid"]))
-    for split in ("valid", "test"):
-        if split in embedded.x:
-            logits = predict_logits(best.head, embedded.x[split]) if split == "test" else valid_logits
-            scaled = (logits / calibration["temperature"]).softmax(dim=1)
-            metrics[f"{split}_ece"] = expected_calibration_error(scaled, torch.as_tensor(embedded.y[split]))
+    calibration = calibrate(kept["valid"], torch.as_tensor(embedded.y["valid"]))
+    for split, logits in kept.items():
+        scaled = (logits / calibration["temperature"]).softmax(dim=1)
+        metrics[f"{split}_ece"] = expected_calibration_error(scaled, torch.as_tensor(embedded.y[split]))
     return Outcome(best, rows, metrics, monitor, ratio, calibration)
 
 
