@@ -15,8 +15,8 @@ from tests.conftest import write_class_folders
 REPO = Path(__file__).resolve().parents[2]
 
 
-def visiontune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200"}
+def visiontune(*args: str, cwd: Path | None = None, columns: int = 200) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": str(columns)}
     return subprocess.run(
         [sys.executable, "-m", "visiontune", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
     )

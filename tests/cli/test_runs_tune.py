@@ -57,6 +57,10 @@ def test_runs_lists_train_features_and_tune_runs_and_compare_draws_their_curves(
     table = visiontune("runs", str(root)).stdout  # the rich table
     for text in ("finetuned", "features", "tune/trial-0001", "efficientnet_lite0"):
         assert text in table
+    narrow = visiontune("runs", str(root), columns=80).stdout  # an 80-column terminal: fewer columns, none cut
+    assert "…" not in narrow and "left out to fit the terminal: date" in narrow
+    for row in rows:
+        assert f"{row['valid']:.4f}" in narrow and row["name"] in narrow
 
     chart = tmp_path / "compare.png"
     proc = visiontune(

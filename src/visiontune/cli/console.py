@@ -3,15 +3,74 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _Console(Console):
+    """A console that prints to a file or pipe FILE_WIDTH columns wide, where rich would take 80.
+
+    With no terminal on any standard stream (CI, cron, a captured subprocess) rich gives the
+    output 80 columns and cuts tables to "…" to fit, though a file has no width. A terminal keeps
+    its own width, and COLUMNS, where set, wins everywhere; both are read at each print.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        unsized = self._width is None and "COLUMNS" not in os.environ and not self.is_terminal
+        if unsized and not any(_is_terminal(fd) for fd in (0, 1, 2)):
+            return ConsoleDimensions(FILE_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+FILE_WIDTH = 160
+
+
+def _is_terminal(fd: int) -> bool:
+    try:
+        os.get_terminal_size(fd)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+console = _Console()
+err_console = _Console(stderr=True)
+
+
+def fit_table(
+    build: Callable[[Sequence[str]], Table],
+    columns: Sequence[str],
+    *,
+    optional: Sequence[str],
+    target: Console | None = None,
+) -> tuple[Table, list[str]]:
+    """`build(columns)` with `optional` columns left out, in that order, until it fits the console; and those left out.
+
+    Rich fits a wide table into a narrow terminal by cutting every column alike, numbers included
+    ("0.…"); a table with fewer whole columns says more.
+    """
+    unbounded = target.options.update_width(1_000_000)  # the table's own width, not clamped to the console's
+    kept, dropped = list(columns), []
+    table = build(kept)
+    for header in (h for h in optional if h in columns):
+        if target.measure(table, options=unbounded).maximum <= target.width:
+            break
+        kept.remove(header)
+        dropped.append(header)
+        table = build(kept)
+    return table, dropped
 
 
 def setup_logging(*, quiet: bool = False, verbose: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +12,7 @@ from rich import box
 from rich.table import Table
 from typer.core import TyperGroup
 
-from visiontune.cli.console import console
+from visiontune.cli.console import console, fit_table
 from visiontune.experiments.runs import SORT_KEYS, RunSummary, find_runs, sort_runs
 
 
@@ -46,30 +47,46 @@ def list_command(
     if not runs:
         console.print(f"no runs under {folder}")
         return
-    console.print(runs_table(runs, title=f"Runs in {folder}"))
+    print_runs(runs, title=f"Runs in {folder}")
 
 
-def runs_table(runs: list[RunSummary], *, title: str) -> Table:
-    table = Table(title=title, show_header=True, box=box.SIMPLE_HEAD, pad_edge=False)  # room for 11 columns
-    columns = ("name", "date", "data", "method", "backbone", "size", "epochs", "valid", "test", "time", "status")
+RUN_COLUMNS = ("name", "date", "data", "method", "backbone", "size", "epochs", "valid", "test", "time", "status")
+# what a narrow terminal loses first; name, method, size, valid and status always stay
+OPTIONAL_COLUMNS = ("date", "data", "backbone", "time", "test", "epochs")
+
+
+def print_runs(runs: list[RunSummary], *, title: str) -> None:
+    table, dropped = fit_table(
+        lambda columns: runs_table(runs, title=title, columns=columns),
+        RUN_COLUMNS,
+        optional=OPTIONAL_COLUMNS,
+        target=console,
+    )
+    console.print(table)
+    if dropped:
+        console.print(f"[dim]left out to fit the terminal: {', '.join(dropped)} (--json has every field)[/]")
+
+
+def runs_table(runs: list[RunSummary], *, title: str, columns: Sequence[str] = RUN_COLUMNS) -> Table:
+    table = Table(title=title, show_header=True, box=box.SIMPLE_HEAD, pad_edge=False)
     for column in columns:
         right = column in ("size", "valid", "test", "time")
-        # on a narrow terminal rich squeezes (or drops) data and backbone first; the numbers stay whole
         table.add_column(column, justify="right" if right else "left", no_wrap=column not in ("data", "backbone"))
     for run in runs:
-        table.add_row(
-            run.name,
-            f"{run.date:%Y-%m-%d %H:%M}" if run.date else "-",
-            run.data,
-            run.method,
-            run.backbone,
-            str(run.image_size or "-"),
-            run.epochs_label,
-            _metric(run.valid, run.monitor),
-            _metric(run.test, "accuracy"),
-            _duration(run.time_s),
-            run.status,
-        )
+        cells = {
+            "name": run.name,
+            "date": f"{run.date:%Y-%m-%d %H:%M}" if run.date else "-",
+            "data": run.data,
+            "method": run.method,
+            "backbone": run.backbone,
+            "size": str(run.image_size or "-"),
+            "epochs": run.epochs_label,
+            "valid": _metric(run.valid, run.monitor),
+            "test": _metric(run.test, "accuracy"),
+            "time": _duration(run.time_s),
+            "status": run.status,
+        }
+        table.add_row(*(cells[c] for c in columns))
     return table
 
 
@@ -97,7 +114,7 @@ def compare_command(
     from visiontune.experiments.compare import compare_runs
 
     comparison = compare_runs(list(runs), out=out)
-    console.print(runs_table(comparison.runs, title="Runs compared"))
+    print_runs(comparison.runs, title="Runs compared")
     table = Table(title="Config differences", show_header=True)
     table.add_column("setting")
     names = [r.path.name for r in comparison.runs]

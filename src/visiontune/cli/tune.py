@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from visiontune.cli.console import console, err_console
+from visiontune.cli.console import console, err_console, fit_table
 from visiontune.config import RunConfig, load_yaml
 
 Opt = typer.Option
@@ -50,10 +50,11 @@ def tune_command(
 ) -> None:
     """Search hyperparameters with Optuna; run the same command again to resume an interrupted search.
 
-    The search space (learning rate, image size, augmentation and rotation, backbone, freeze epochs,
-    label smoothing, fine-tuning or frozen features) can be narrowed with --space FILE, a YAML
-    mapping where a list is a set of choices and {low, high[, log, step]} a range, e.g.
-    `image_size: [32, 64]` and `lr: {low: 0.0003, high: 0.003, log: true}`.
+    Searched: learning rate, image size, augmentation and rotation, backbone, freeze epochs, label smoothing, method.
+
+    Narrow it with --space FILE, YAML where a list is a set of choices and {low, high[, log, step]} a range.
+
+    Example space: `image_size: [32, 64]` and `lr: {low: 0.0003, high: 0.003, log: true}`.
     """
     from visiontune.experiments.space import SearchSpace, grid_size, parse_grid
     from visiontune.experiments.tune import TuneConfig, tune
@@ -116,26 +117,54 @@ def _fmt(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def _cell(value: Any) -> str:
+    return "" if value is None else _fmt(value)
+
+
 _PARAM_COLUMNS = ("method", "backbone", "image_size", "lr", "freeze_epochs", "label_smoothing", "augment", "rotation")
 
 
+# the trial table's headers, shorter than the parameter names where those are long
+_HEADERS = {"image_size": "size", "freeze_epochs": "freeze", "label_smoothing": "smoothing"}
+# what a narrow terminal loses first (by header); #, state, value and the method stay
+_OPTIONAL = ("rotation", "smoothing", "freeze", "augment", "s/epoch", "backbone", "lr", "size")
+
+
 def _print_result(result: Any) -> None:
-    table = Table(
-        title=f"Trials of {result.study_name} ({result.monitor}, validation)", box=box.SIMPLE_HEAD, pad_edge=False
+    varied = [c for c in _PARAM_COLUMNS if len({_cell(r.get(c)) for r in result.rows}) > 1]
+    fixed = [c for c in _PARAM_COLUMNS if c not in varied and result.rows and result.rows[0].get(c) is not None]
+    by_header = {_HEADERS.get(c, c): c for c in varied}
+    headers = ["#", "state", "value", *by_header, "s/epoch"]
+    table, dropped = fit_table(
+        lambda kept: _trials_table(result, kept, by_header), headers, optional=_OPTIONAL, target=console
     )
-    columns = [c for c in _PARAM_COLUMNS if any(r.get(c) is not None for r in result.rows)]
-    for column in ("#", "state", "value", *columns, "s/epoch"):
-        table.add_column(column, justify="right" if column in ("#", "value", "s/epoch") else "left")
-    best = result.best["number"] if result.best else None
-    for row in result.rows:
-        number = f"[bold]{row['number']}[/]" if row["number"] == best else str(row["number"])
-        value = "-" if row["value"] is None else f"{row['value']:.4f}"
-        epoch_s = "-" if row.get("epoch_s") is None else f"{row['epoch_s']:.1f}"
-        table.add_row(number, row["state"], value, *("" if row[c] is None else _fmt(row[c]) for c in columns), epoch_s)
     console.print(table)
+    if fixed:
+        console.print("the same in every trial: " + ", ".join(f"{c}={_cell(result.rows[0][c])}" for c in fixed))
+    if dropped:
+        console.print(f"[dim]left out to fit the terminal: {', '.join(dropped)} (every column is in trials.csv)[/]")
     if result.best:
         console.print(f"best: trial {result.best['number']}, {result.monitor} {result.best['value']:.4f}")
     for name, path in result.files.items():
         console.print(f"{name}: [bold]{path}[/]")
     if "best_config" in result.files:
         console.print(f"retrain it: visiontune train --config {result.files['best_config']}")
+
+
+def _trials_table(result: Any, headers: list[str], by_header: dict[str, str]) -> Table:
+    table = Table(
+        title=f"Trials of {result.study_name} ({result.monitor}, validation)", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("state", "method", "backbone", "augment") else "right")
+    best = result.best["number"] if result.best else None
+    for row in result.rows:
+        cells = {
+            "#": f"[bold]{row['number']}[/]" if row["number"] == best else str(row["number"]),
+            "state": row["state"],
+            "value": "-" if row["value"] is None else f"{row['value']:.4f}",
+            "s/epoch": "-" if row.get("epoch_s") is None else f"{row['epoch_s']:.1f}",
+            **{header: _cell(row.get(name)) for header, name in by_header.items()},
+        }
+        table.add_row(*(cells[h] for h in headers))
+    return table
