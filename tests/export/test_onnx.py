@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import onnx
@@ -15,7 +16,7 @@ from visiontune.bundle import BundleMeta, load_bundle, read_meta
 from visiontune.data.transforms import Preprocessing
 from visiontune.errors import ConfigError, ModelError
 from visiontune.export import ExportConfig, ExportReport, export_model
-from visiontune.export.check import check_images, compare
+from visiontune.export.check import check_images, compare, throughputs
 from visiontune.export.onnx import to_onnx
 from visiontune.predict.onnx_backend import OnnxModel, meta_from_onnx
 
@@ -118,6 +119,48 @@ def test_knn_and_forest_heads_export_too(head: str, trained_data: Path, tmp_path
     run = train(config).run_dir
     report = export_model(run, ExportConfig(out=str(tmp_path / f"{head}.onnx")))
     assert report.parity.max_abs_diff <= TOLERANCE and report.parity.agreement == 1.0
+
+
+def test_int8_twin_is_smaller_agrees_with_float_and_says_so_in_its_metadata(
+    finetuned_run: Path, tmp_path: Path
+) -> None:
+    report = export_model(finetuned_run, ExportConfig(out=str(tmp_path / "m.onnx"), quantize="int8"))
+    quant = report.quantized
+    assert quant is not None and quant.path == tmp_path / "m.int8.onnx" and quant.path.is_file()
+    assert quant.size_bytes * 3 < quant.float_size_bytes  # int8 weights: about a quarter of float32
+    assert "train split" in quant.calibration  # calibrated on training images, scored on the valid split
+    checked = quant.comparison
+    assert checked.images == report.parity.images and checked.agreement >= 0.9
+    assert abs(checked.candidate_accuracy - checked.reference_accuracy) <= 0.1
+    assert quant.float_speed > 0 and quant.int8_speed > 0
+    props = {p.key: p.value for p in onnx.load(str(quant.path)).metadata_props}
+    assert props["quantization"].startswith("int8 static QDQ") and "classes" in props  # a consumer still has it all
+    int8 = visiontune.load(quant.path)
+    assert int8.classes == visiontune.load(report.path).classes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx", "m.onnx"]
+
+
+class _Warming(nn.Module):
+    """`slow` seconds a call for the first `calls`, then `fast`: a graph whose first runs allocate."""
+
+    def __init__(self, *, calls: int, slow: float, fast: float) -> None:
+        super().__init__()
+        self.left, self.slow, self.fast = calls, slow, fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.left -= 1
+        time.sleep(self.slow if self.left >= 0 else self.fast)
+        return x
+
+
+def test_throughputs_measure_the_steady_state_not_the_warm_up() -> None:
+    batch = torch.zeros(8, 3, 4, 4)
+    warming = _Warming(calls=20, slow=0.01, fast=0.001)  # 20 slow calls: more than a short timing makes
+    steady = _Warming(calls=0, slow=0.0, fast=0.002)
+    warm_speed, steady_speed = throughputs([warming, steady], batch, seconds=0.1)
+    assert 0.5 * 8 / 0.001 < warm_speed <= 8 / 0.001  # 8,000 images/s at most, the warm-up left out
+    assert 0.5 * 8 / 0.002 < steady_speed <= 8 / 0.002
+    assert warm_speed > 1.5 * steady_speed  # the order of the two is what the int8 report prints
 
 
 class _DataDependent(nn.Module):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,16 +123,28 @@ def sample_batch(images: CheckImages, meta: BundleMeta, size: int) -> torch.Tens
     return normalize_batch(torch.stack([pixels(image) for image in decoded]), meta.preprocessing).contiguous()
 
 
-def throughput(model: torch.nn.Module, batch: torch.Tensor, *, repeats: int = 3, passes: int = 4) -> float:
-    """Images per second through `model` on `batch`, the best of `repeats` runs of `passes` forward passes."""
+def throughputs(
+    models: Sequence[torch.nn.Module], batch: torch.Tensor, *, repeats: int = 3, seconds: float = 0.3
+) -> list[float]:
+    """Images per second through each model on `batch`: the best of `repeats` timed runs of each.
+
+    A run times whole passes for at least `seconds`: a pass of a small model takes a few
+    milliseconds, and a handful of them measures the first calls' allocations more than the model
+    (an int8 graph warms up slowest: 32 images made it 1.2-1.5x faster than float where 1 s
+    runs say 2.2x). The models take turns, so a neighbour's burst of load hits all of them alike.
+    """
+    best = [0.0] * len(models)
     with torch.inference_mode():
-        model(batch)  # warm-up: first runs allocate
-        best = 0.0
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(passes):
+        for model in models:
+            for _ in range(3):  # warm-up: first runs allocate
                 model(batch)
-            best = max(best, passes * len(batch) / (time.perf_counter() - start))
+        for _ in range(repeats):
+            for index, model in enumerate(models):
+                start, images = time.perf_counter(), 0
+                while (elapsed := time.perf_counter() - start) < seconds:
+                    model(batch)
+                    images += len(batch)
+                best[index] = max(best[index], images / elapsed)
     return best
 
 

@@ -26,7 +26,7 @@ from visiontune.export.check import (
     compare,
     sample_batch,
     split_images,
-    throughput,
+    throughputs,
 )
 from visiontune.export.onnx import DEFAULT_OPSET, OPSETS, to_onnx
 from visiontune.io import atomic_path
@@ -143,8 +143,7 @@ def _quantize(
         comparison = compare(exported, quantized, images)
     batch_size = inference_batch_size("cpu")
     batch = sample_batch(images, meta, batch_size)
-    float_speed = throughput(exported.model, batch)
-    int8_speed = throughput(quantized.model, batch)
+    float_speed, int8_speed = throughputs([exported.model, quantized.model], batch)
     return QuantReport(
         target,
         target.stat().st_size,
