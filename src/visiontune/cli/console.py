@@ -54,7 +54,7 @@ def fit_table(
     columns: Sequence[str],
     *,
     optional: Sequence[str],
-    target: Console | None = None,
+    target: Console,
 ) -> tuple[Table, list[str]]:
     """`build(columns)` with `optional` columns left out, in that order, until it fits the console; and those left out.
 
