@@ -64,7 +64,8 @@ def print_runs(runs: list[RunSummary], *, title: str) -> None:
     )
     console.print(table)
     if dropped:
-        console.print(f"[dim]left out to fit the terminal: {', '.join(dropped)} (--json has every field)[/]")
+        hint = "`visiontune runs --json` has every field"
+        console.print(f"[dim]left out to fit the terminal: {', '.join(dropped)} ({hint})[/]")
 
 
 def runs_table(runs: list[RunSummary], *, title: str, columns: Sequence[str] = RUN_COLUMNS) -> Table:
