@@ -22,17 +22,22 @@ from pathlib import Path
 
 import torch
 
-from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from visiontune.config import DataConfig, FeaturesConfig, ModelConfig, RunConfig, TrainConfig
 from visiontune.data.dataset import load_data
 from visiontune.data.demo import export_dataset
 from visiontune.system import available_cpus
 
 
 def run(data: Path, out: Path, heads: tuple[str, ...]) -> tuple[float, object]:
-    from visiontune.training.run import train
+    from visiontune.training.pipeline import train
 
-    train_config = TrainConfig(method="features", heads=heads)
-    config = RunConfig(DataConfig(source=str(data)), ModelConfig(), train_config, out=str(out))
+    config = RunConfig(
+        DataConfig(source=str(data)),
+        ModelConfig(),
+        TrainConfig(method="features"),
+        features=FeaturesConfig(heads=heads),
+        out=str(out),
+    )
     started = time.perf_counter()
     result = train(config)
     return time.perf_counter() - started, result

@@ -4,7 +4,7 @@ The reference is what a careful user would write: timm's `tf_efficientnet_lite0`
 average pooling and no classifier (`num_classes=0`), our backbone's ImageNet weights loaded into
 it, the images already decoded, resized and normalised in memory as one tensor, and
 `model(batch)` under `torch.inference_mode`, in the same batches and channels-last layout as
-`extract_features` uses (both matter far more than the pipeline: see `default_batch_size`).
+`extract_features` uses (both matter far more than the pipeline: see `system.inference_batch_size`).
 `extract_features` reads the PNG files itself (read, sha256, decode, resize, normalise) and pools
 the backbone's feature maps, with the feature cache off so every image is embedded. Each side is
 timed after one warm-up batch, and the runs alternate, keeping each side's best (a shared CPU
@@ -30,9 +30,8 @@ from visiontune.data.demo import export_dataset
 from visiontune.data.images import open_image
 from visiontune.data.transforms import build_transform
 from visiontune.features import extract_features
-from visiontune.features.extract import default_batch_size
 from visiontune.models import create_classifier
-from visiontune.system import available_cpus
+from visiontune.system import available_cpus, inference_batch_size
 
 
 def _sync() -> None:
@@ -72,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({available_cpus()} cores)"
-    batch = args.batch_size or default_batch_size(torch.device("cuda" if gpu else "cpu"))
+    batch = args.batch_size or inference_batch_size("cuda" if gpu else "cpu")
     model = create_classifier("efficientnet_lite0", 10, image_size=args.image_size)
     state = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -100,7 +100,7 @@ def copy_run(run: Path, dest: Path) -> Path:
 
 def calibrate_if_needed(run: Path, data: str, work: Path) -> str:
     """Fit the calibration training now stores, on the run's validation split, when the bundle has none."""
-    from visiontune.evaluation.calibration import calibrate
+    from visiontune.calibration import calibrate
     from visiontune.evaluation.evaluate import EvalConfig, evaluate
 
     meta_path = run / "model" / "bundle.json"

@@ -22,14 +22,15 @@ import torch
 import torch.nn.functional as F
 from common import alternate, print_ratio
 
-from visiontune.config import AugmentConfig, DataConfig, LoaderConfig, TrainConfig
+from visiontune.config import AugmentConfig, DataConfig, FinetuneConfig, LoaderConfig
 from visiontune.data.datamodule import DataModule
 from visiontune.data.dataset import load_data
 from visiontune.data.demo import export_dataset
+from visiontune.data.transforms import normalize_batch
 from visiontune.models import create_classifier
 from visiontune.system import available_cpus
 from visiontune.training.callbacks import Callback
-from visiontune.training.trainer import Trainer, make_accelerator
+from visiontune.training.trainer import Trainer
 
 
 class StepTimer(Callback):
@@ -60,22 +61,14 @@ def _sync() -> None:
 
 
 def ours(data_dir: Path, args: argparse.Namespace) -> float:
-    config = TrainConfig(
-        epochs=1,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        augment="none",
-        num_workers=args.workers,
-    )
+    config = FinetuneConfig(epochs=1, batch_size=args.batch_size, channels_last=args.channels_last)
     data = load_data(data_dir / "train", DataConfig(valid_pct=0.05))
     model = create_classifier("efficientnet_lite0", len(data.classes), image_size=args.image_size)
     loader = LoaderConfig(batch_size=args.batch_size, num_workers=args.workers)
     dm = DataModule(data, model.preprocessing, AugmentConfig.preset("none"), loader)
     timer = StepTimer(skip=args.warmup)
-    with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(model, dm, config, out_dir=Path(out), callbacks=[timer], accelerator=make_accelerator(config))
-        trainer.fit(epochs=1, lr=1e-3)
+    trainer = Trainer(model, dm, config, precision=args.precision, callbacks=[timer])
+    trainer.fit(epochs=1, lr=1e-3)
     return timer.rate()
 
 
@@ -84,7 +77,8 @@ def reference(data_dir: Path, args: argparse.Namespace) -> float:
     model = create_classifier("efficientnet_lite0", len(data.classes), image_size=args.image_size)
     dm = DataModule(data, model.preprocessing, AugmentConfig.preset("none"), LoaderConfig(num_workers=0))
     dataset = dm.dataset("train", train=False)
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])  # (N, 3, H, W), in memory
+    pixels = torch.stack([dataset[i][0] for i in range(len(dataset))])  # (N, H, W, 3) uint8
+    images = normalize_batch(pixels, model.preprocessing).contiguous()  # (N, 3, H, W), in memory
     targets = torch.as_tensor(dataset.targets)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).train()

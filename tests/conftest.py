@@ -85,14 +85,15 @@ def finetuned_run(trained_data: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     Shared by the predict, evaluate, export and serve tests: treat it as read-only.
     """
-    from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from visiontune.training.run import train
+    from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig
+    from visiontune.training.pipeline import train
 
     out = tmp_path_factory.mktemp("finetuned") / "run"
     config = RunConfig(
         DataConfig(source=str(trained_data), valid_pct=0.25),
         ModelConfig(image_size=64),
-        TrainConfig(epochs=1, freeze_epochs=1, batch_size=16, num_workers=0, lr=2e-3),
+        TrainConfig(num_workers=0),
+        FinetuneConfig(epochs=1, freeze_epochs=1, batch_size=16, lr=2e-3),
         out=str(out),
     )
     return train(config).run_dir
@@ -101,14 +102,15 @@ def finetuned_run(trained_data: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="session")
 def features_run(trained_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A features-method run folder (logistic regression on frozen efficientnet_lite0 features at 64 px)."""
-    from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from visiontune.training.run import train
+    from visiontune.config import DataConfig, FeaturesConfig, ModelConfig, RunConfig, TrainConfig
+    from visiontune.training.pipeline import train
 
     out = tmp_path_factory.mktemp("features") / "run"
     config = RunConfig(
         DataConfig(source=str(trained_data), valid_pct=0.25),
         ModelConfig(image_size=64),
-        TrainConfig(method="features", heads=("logreg",), num_workers=0),
+        TrainConfig(method="features", num_workers=0),
+        features=FeaturesConfig(heads=("logreg",)),
         out=str(out),
     )
     return train(config).run_dir

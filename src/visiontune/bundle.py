@@ -24,9 +24,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from visiontune.calibration import Calibration
 from visiontune.data.transforms import Preprocessing
 from visiontune.errors import BundleError, VisiontuneError
-from visiontune.evaluation.calibration import uncalibrated
+from visiontune.models import build_model
 from visiontune.system import library_versions
 
 FORMAT = "visiontune.bundle/1"
@@ -42,7 +43,7 @@ class BundleMeta:
     classes: list[str]
     preprocessing: Preprocessing
     metrics: dict[str, Any] = field(default_factory=dict)
-    calibration: dict[str, Any] = field(default_factory=uncalibrated)  # see evaluation.calibration
+    calibration: Calibration = field(default_factory=Calibration)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=library_versions)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
@@ -54,7 +55,7 @@ class BundleMeta:
             "classes": self.classes,
             "preprocessing": self.preprocessing.to_dict(),
             "metrics": self.metrics,
-            "calibration": self.calibration,
+            "calibration": self.calibration.to_dict(),
             "training": self.training,
             "versions": self.versions,
             "created": self.created,
@@ -70,7 +71,7 @@ class BundleMeta:
                 classes=list(data["classes"]),
                 preprocessing=Preprocessing.from_dict(data["preprocessing"]),
                 metrics=data.get("metrics", {}),
-                calibration=data.get("calibration", {}),
+                calibration=Calibration.from_dict(data.get("calibration")),
                 training=data.get("training", {}),
                 versions=data.get("versions", {}),
                 created=data.get("created", ""),
@@ -133,15 +134,13 @@ def load_bundle(path: str | Path, *, device: str | torch.device = "cpu") -> tupl
         >>> model, meta = load_bundle("runs/fashion/model")
         >>> meta.classes[:2]
     """
-    from visiontune.models import Classifier
-
     folder = resolve_bundle_path(path)
     meta = read_meta(folder)
     try:
         state = load_file(str(folder / WEIGHTS_FILE), device=str(device))
     except (SafetensorError, OSError) as exc:
         raise BundleError(f"{folder / WEIGHTS_FILE}: unreadable weights ({exc})") from exc
-    model = Classifier.from_arch(meta.arch)
+    model = build_model(meta.arch)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -7,6 +7,7 @@ the code can trust them.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,6 @@ class LoaderConfig:
 
     batch_size: int = 64
     num_workers: int | None = None
-    pin_memory: bool | None = None
     persistent_workers: bool = True
     prefetch_factor: int = 2
     drop_last_train: bool = True
@@ -183,23 +183,69 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 METHODS = ("finetune", "scratch", "features")
-FEATURE_HEADS = ("logreg", "rf", "svm", "knn", "linear", "mlp")  # method="features": see visiontune.features.heads
+FEATURE_HEADS = ("logreg", "rf", "svm", "knn", "linear", "mlp")  # method="features": see visiontune.features.classical
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 BALANCE = ("auto", "none", "weights", "sampler")
-MONITORS = ("auto", "accuracy", "balanced_accuracy", "valid_loss")
 BN_STATS = ("frozen", "adapt")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Which network, with which weights, at which input size.
+class Monitor:
+    """The validation metric that chooses the best epoch (or head), and whether higher or lower is better.
 
-    `image_size=None` uses the backbone's default; small images (e.g. 28 px) train well upsampled to 64.
-    `weights` is a local .safetensors/.pth file; `pretrained=False` means random initialisation.
+    Example:
+        >>> Monitor("valid_loss", "min").better(0.3, 0.4)
+        True
     """
 
-    name: str = "efficientnet_lite0"
+    name: str
+    mode: str  # "max" or "min"
+
+    def __post_init__(self) -> None:
+        check_choice("monitor", self.name, MONITORS)
+        check_choice("mode", self.mode, ("max", "min"))
+
+    def better(self, value: float, best: float | None) -> bool:
+        """Whether `value` beats `best` (anything finite beats None or NaN)."""
+        if best is None or math.isnan(best):
+            return not math.isnan(value)
+        return value < best if self.mode == "min" else value > best
+
+    @property
+    def direction(self) -> str:
+        """Optuna's word for the mode."""
+        return "minimize" if self.mode == "min" else "maximize"
+
+
+# the validation metrics that can choose the best epoch or head, and which way is better; the short
+# names of earlier releases are aliases
+MONITORS = {"valid_accuracy": "max", "valid_balanced_accuracy": "max", "valid_macro_f1": "max", "valid_loss": "min"}
+MONITOR_ALIASES = {"accuracy": "valid_accuracy", "balanced_accuracy": "valid_balanced_accuracy",
+                   "macro_f1": "valid_macro_f1", "loss": "valid_loss"}  # fmt: skip
+
+
+def monitor_name(name: str) -> str:
+    """The canonical name of a monitor given as typed (`accuracy` and the other short names are aliases)."""
+    return MONITOR_ALIASES.get(name, name)
+
+
+def get_monitor(name: str) -> Monitor:
+    """The Monitor called `name` (or one of its aliases)."""
+    name = monitor_name(name)
+    check_choice("monitor", name, MONITORS)
+    return Monitor(name, MONITORS[name])
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which backbone, with which weights, at which input size.
+
+    `image_size=None` lets training choose (see `training.pipeline`); `weights` is a local
+    .safetensors/.pth file; `pretrained=False` means random initialisation.
+    """
+
+    backbone: str = "efficientnet_lite0"
     pretrained: bool = True
     weights: str | None = None
     image_size: int | None = None
@@ -217,7 +263,42 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train: fastai's fine_tune by default (frozen epochs, then all layers with discriminative LRs).
+    """What every method shares: which method, the monitor, precision, loading, augmentation, the seed.
+
+    `augment` is the training augmentation when fine-tuning and the augmentation of the extra
+    views when `features.views > 1`. `seed` drives the training randomness (initial head weights,
+    batch order, augmentation); `data.seed` the split, so one can change without the other.
+    """
+
+    method: str = "finetune"
+    monitor: str = "auto"
+    precision: str = "auto"
+    augment: str = "standard"
+    rotation: float | None = None
+    num_workers: int | None = None
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+        object.__setattr__(self, "monitor", monitor_name(self.monitor))
+        check_choice("monitor", self.monitor, ("auto", *MONITORS))
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("augment", self.augment, AUGMENT_PRESETS)
+        if self.rotation is not None:
+            check_range("rotation", self.rotation, 0.0, 180.0)
+        if self.num_workers is not None:
+            check_range("num_workers", self.num_workers, 0, 1024)
+        check_range("seed", self.seed, 0, 2**32 - 1)
+
+    def augment_config(self) -> AugmentConfig:
+        """The augmentation preset with the CLI's overrides applied."""
+        overrides = {} if self.rotation is None else {"rotation": self.rotation}
+        return AugmentConfig.preset(self.augment, **overrides)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The training loop (methods finetune and scratch): fastai's fine_tune by default.
 
     `lr=None` means "find it" with the learning-rate range test; `epochs` counts the unfrozen phase.
     `bn_stats="frozen"` keeps the backbone's pretrained BatchNorm statistics while fine-tuning
@@ -229,7 +310,6 @@ class TrainConfig:
     small images (`strong` has them, for longer runs).
     """
 
-    method: str = "finetune"
     epochs: int = 6
     freeze_epochs: int = 1
     lr: float | None = 2e-3
@@ -243,31 +323,17 @@ class TrainConfig:
     batch_size: int = 64
     accumulate: int = 1
     clip_grad: float | None = 1.0
-    precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
-    augment: str = "standard"
-    rotation: float | None = None
     mixup: float = 0.0
     cutmix: float = 0.0
     ema: float | None = None
     balance: str = "auto"
-    monitor: str = "auto"
     patience: int | None = None
-    num_workers: int | None = None
-    seed: int = 42
-    heads: tuple[str, ...] = ()
-    views: int = 1
-    tta: bool = False
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, METHODS)
-        self._check_features()
-        check_choice("precision", self.precision, PRECISIONS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("augment", self.augment, AUGMENT_PRESETS)
         check_choice("balance", self.balance, BALANCE)
-        check_choice("monitor", self.monitor, MONITORS)
         check_choice("bn_stats", self.bn_stats, BN_STATS)
         check_range("epochs", self.epochs, 0, 100_000)
         check_range("freeze_epochs", self.freeze_epochs, 0, 100_000)
@@ -275,16 +341,34 @@ class TrainConfig:
             raise ConfigError("`epochs` + `freeze_epochs` must be at least 1")
         if self.lr is not None:
             check_range("lr", self.lr, 0.0, 10.0, low_open=True)
+        check_range("lr_ratio", self.lr_ratio, 1.0, 1e6)
+        check_range("weight_decay", self.weight_decay, 0.0, 10.0)
+        check_range("momentum", self.momentum, 0.0, 1.0)
         check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
         check_range("batch_size", self.batch_size, 1, 1_000_000)
         check_range("accumulate", self.accumulate, 1, 10_000)
+        if self.clip_grad is not None:
+            check_range("clip_grad", self.clip_grad, 0.0, 1e9, low_open=True)
         check_range("mixup", self.mixup, 0.0, 10.0)
         check_range("cutmix", self.cutmix, 0.0, 10.0)
         if self.ema is not None:
             check_range("ema", self.ema, 0.0, 1.0, low_open=True)
+        if self.patience is not None:
+            check_range("patience", self.patience, 1, 100_000)
 
-    def _check_features(self) -> None:
-        """`heads` (empty: the default set), `views` and `tta` belong to method="features"."""
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Frozen features and classical heads (method="features"): which heads, extra views, mirror averaging.
+
+    `heads` empty means the default set (`features.heads.DEFAULT_HEADS`).
+    """
+
+    heads: tuple[str, ...] = ()
+    views: int = 1
+    tta: bool = False
+
+    def __post_init__(self) -> None:
         if isinstance(self.heads, str):  # "logreg,knn" from YAML or Python
             object.__setattr__(self, "heads", tuple(h.strip() for h in self.heads.split(",") if h.strip()))
         for head in self.heads:
@@ -292,45 +376,88 @@ class TrainConfig:
         if len(set(self.heads)) != len(self.heads):
             raise ConfigError(f"`heads` names a head twice. Received: heads={list(self.heads)!r}")
         check_range("views", self.views, 1, 64)
-        if self.method != "features" and (self.heads or self.views != 1 or self.tta):
-            raise ConfigError(
-                f"`heads`, `views` and `tta` apply to method='features' only. Received: method={self.method!r}"
-            )
 
-    def augment_config(self) -> AugmentConfig:
-        """The augmentation preset with the CLI's overrides applied."""
-        overrides = {} if self.rotation is None else {"rotation": self.rotation}
-        return AugmentConfig.preset(self.augment, **overrides)
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "finetune": FinetuneConfig,
+    "features": FeaturesConfig,
+}
+ALIASES = {"model": {"name": "backbone"}}  # the spellings of earlier releases, still read
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything one training run needs; saved as config.yaml in the run folder and reloadable."""
+    """Everything one training run needs; saved as config.yaml in the run folder and reloadable.
+
+    Example:
+        >>> RunConfig(DataConfig(source="photos"), finetune=FinetuneConfig(epochs=3)).finetune.epochs
+        3
+    """
 
     data: DataConfig
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    features: FeaturesConfig = FeaturesConfig()
     out: str | None = None
     name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "data": to_dict(self.data),
-            "model": to_dict(self.model),
-            "train": to_dict(self.train),
-            "out": self.out,
-            "name": self.name,
-        }
+        sections = {name: to_dict(getattr(self, name)) for name in SECTIONS}
+        return {**sections, "out": self.out, "name": self.name}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
-        unknown = set(values) - {"data", "model", "train", "out", "name"}
+        """From config.yaml's mapping; the one-section `train` of earlier releases is split into its sections."""
+        unknown = set(values) - {*SECTIONS, "out", "name"}
         if unknown:
-            raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; use data, model, train")
-        return cls(
-            data=from_dict(DataConfig, values.get("data") or {}),
-            model=from_dict(ModelConfig, values.get("model") or {}),
-            train=from_dict(TrainConfig, values.get("train") or {}),
-            out=values.get("out"),
-            name=values.get("name"),
-        )
+            raise ConfigError(
+                f"unknown config section(s): {', '.join(sorted(unknown))}; use {', '.join(SECTIONS)}, out, name"
+            )
+        sections = _split_legacy_train({k: dict(values.get(k) or {}) for k in SECTIONS})
+        for section, aliases in ALIASES.items():
+            for old, new in aliases.items():
+                if old in sections[section]:
+                    sections[section].setdefault(new, sections[section].pop(old))
+        built = {name: from_dict(kind, sections[name]) for name, kind in SECTIONS.items()}
+        return cls(**built, out=values.get("out"), name=values.get("name"))
+
+    def replace(self, section: str, **changes: Any) -> RunConfig:
+        """A copy with `changes` applied to one section, e.g. `config.replace("finetune", epochs=3)`."""
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+
+
+def _split_legacy_train(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Move fine-tune and features settings that a pre-sections config.yaml kept under `train`."""
+    train = sections["train"]
+    for name in ("finetune", "features"):
+        for key in [f.name for f in dataclasses.fields(SECTIONS[name])]:
+            if key in train:
+                sections[name].setdefault(key, train.pop(key))
+    if "batch_size" in train:  # earlier releases kept it beside the shared settings
+        sections["finetune"].setdefault("batch_size", train.pop("batch_size"))
+    return sections
+
+
+def merge_overrides(
+    base: dict[str, Any], overrides: dict[str, dict[str, Any]], *, keep_none: tuple[str, ...] = ("lr",)
+) -> dict[str, Any]:
+    """`base` (a config.yaml mapping) with the options a user typed on top; None means "not typed".
+
+    The one merge behind `train --config` and `tune --config`: a value from the file is only
+    replaced by an option that was given. Keys in `keep_none` take None as a value (`--lr auto`).
+    Legacy flat `train` sections are split first, so old files merge with new options.
+    """
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    legacy = _split_legacy_train({k: dict(merged.get(k) or {}) for k in SECTIONS})
+    merged.update({k: v for k, v in legacy.items() if v or k in merged})
+    for section, values in overrides.items():
+        if section in SECTIONS:
+            merged.setdefault(section, {})
+            merged[section].update({k: v for k, v in values.items() if v is not None or k in keep_none})
+        elif values is not None:
+            merged[section] = values
+    return merged

@@ -36,3 +36,14 @@ def inference_batch_size(device_type: str) -> int:
     ran 195 images/s in batches of 4, 165 of 8, 87-103 of 16 and 59 of 64.
     """
     return 128 if device_type == "cuda" else 4 * available_cpus()
+
+
+def hardware() -> dict[str, object]:
+    """The machine a run ran on, for run.json: processor, usable cores and GPUs."""
+    import torch
+
+    info: dict[str, object] = {"machine": platform.machine(), "processor": platform.processor() or None}
+    info["cpus"] = available_cpus()
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info

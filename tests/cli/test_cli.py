@@ -97,6 +97,11 @@ def test_train_small_cnn_end_to_end_with_json_log(tmp_path: Path, fashion: dict)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["epoch"] for r in rows] == [1] and rows[0]["phase"] == "fit"
     assert (tmp_path / "run" / "model" / "bundle.json").is_file()
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "backbone: small_cnn" in config  # --model is the old spelling of --backbone
+    proc = visiontune("train", str(data), "--resume", str(tmp_path / "run"), "--epochs", "3")
+    assert_one_line_error(proc, "--resume", "--epochs, DATA would be ignored")
+    assert (tmp_path / "run" / "config.yaml").read_text() == config  # nothing changed
 
 
 FULL_DISK = """

@@ -63,5 +63,5 @@ def test_bad_arguments_are_one_line_errors(finetuned_run: Path, tmp_path: Path) 
     Image.new("RGB", (8, 8)).save(image)
     assert_one_line_error(visiontune("predict", str(finetuned_run), str(image), "--format", "xml"), "--format")
     assert_one_line_error(
-        visiontune("predict", str(finetuned_run), str(image), "--unknown-score", "entropy"), "msp, energy"
+        visiontune("predict", str(finetuned_run), str(image), "--unknown-score", "entropy"), "'msp', 'energy'"
     )

@@ -26,4 +26,7 @@ def test_features_options_are_checked(tmp_path: Path, fashion: dict) -> None:
     data = write_class_folders(tmp_path / "data", fashion, per_class=4)
     proc = visiontune("train", str(data), "--method", "features", "--heads", "logreg,xgboost")
     assert_one_line_error(proc, "`heads` must be one of", "xgboost")
-    assert_one_line_error(visiontune("train", str(data), "--views", "3"), "method='features'")
+    assert_one_line_error(visiontune("train", str(data), "--views", "3"), "--views only apply to --method features")
+    for option, value in (("--epochs", "3"), ("--lr", "0.01"), ("--lr", "auto"), ("--batch-size", "8")):
+        proc = visiontune("train", str(data), "--method", "features", option, value)
+        assert_one_line_error(proc, f"{option} only apply to --method finetune or scratch, not --method features")

@@ -8,9 +8,10 @@ from PIL import Image
 
 from tests.data import image_factories as make
 from visiontune.config import AugmentConfig, LoaderConfig
-from visiontune.data import datamodule
-from visiontune.data.datamodule import DataModule, default_num_workers
+from visiontune.data import loader as loader_module
+from visiontune.data.datamodule import DataModule
 from visiontune.data.dataset import load_data
+from visiontune.data.loader import default_num_workers
 from visiontune.data.samplers import EpochSampler, balanced_weights
 from visiontune.data.transforms import Preprocessing
 
@@ -22,14 +23,16 @@ def _module(root: Path, **loader: object) -> DataModule:
     return DataModule(load_data(root), PRE, AugmentConfig.preset("standard"), cfg, seed=1)
 
 
-def test_batches_are_normalised_rgb_tensors(class_folder: Path) -> None:
+def test_eval_batches_are_rgb_pixels_and_train_batches_normalised(class_folder: Path) -> None:
     dm = _module(class_folder)
-    images, targets, indices = next(iter(dm.eval_dataloader("valid")))
-    assert images.shape == (6, 3, 32, 32) and images.dtype == torch.float32
-    assert images.min() >= -1.0 and images.max() <= 1.0
-    assert torch.equal(images[:, 0], images[:, 1])  # grey PNGs become RGB with equal channels
-    assert sorted(targets.tolist()) == [0, 0, 1, 1, 2, 2]
-    assert indices.tolist() == list(range(6))
+    batch = next(iter(dm.eval_dataloader("valid")))
+    assert batch.pixels.shape == (6, 32, 32, 3) and batch.pixels.dtype == torch.uint8  # normalised on the device
+    assert torch.equal(batch.pixels[..., 0], batch.pixels[..., 1])  # grey PNGs become RGB with equal channels
+    assert sorted(batch.targets.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert batch.indices.tolist() == list(range(6)) and batch.failures == []
+    train = next(iter(dm.train_dataloader()))
+    assert train.pixels.shape == (8, 3, 32, 32) and train.pixels.dtype == torch.float32
+    assert train.pixels.min() >= -1.0 and train.pixels.max() <= 1.0
 
 
 def test_every_special_file_loads_as_rgb(class_folder: Path) -> None:
@@ -47,17 +50,19 @@ def test_every_special_file_loads_as_rgb(class_folder: Path) -> None:
     for split in data.splits:
         dataset = dm.dataset(split, train=False)
         for i in range(len(dataset)):
-            image, _, _ = dataset[i]
-            assert image.shape == (3, 32, 32) and torch.isfinite(image).all()
+            pixels, _, error, _, _ = dataset[i]
+            assert error is None and pixels.shape == (32, 32, 3) and pixels.dtype == torch.uint8
 
 
-def test_file_broken_after_scan_is_dropped_from_its_batch(class_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_file_broken_after_scan_is_dropped_from_its_batch(class_folder: Path) -> None:
     dm = _module(class_folder)
     victim = dm.data.split("valid")[0].path
     victim.write_bytes(victim.read_bytes()[:40])  # truncated after the audit read it
-    images, targets, _ = next(iter(dm.eval_dataloader("valid")))
-    assert len(images) == len(targets) == 5
-    assert str(victim) in caplog.text
+    loader = dm.eval_dataloader("valid")
+    batch = next(iter(loader))
+    assert len(batch.pixels) == len(batch.targets) == 5
+    [(index, reason)] = batch.failures
+    assert loader.dataset.path(index) == str(victim) and reason
 
 
 def test_augmentation_repeats_per_seed_and_epoch(class_folder: Path) -> None:
@@ -66,7 +71,7 @@ def test_augmentation_repeats_per_seed_and_epoch(class_folder: Path) -> None:
 
     def epoch(e: int) -> torch.Tensor:
         loader.sampler.set_epoch(e)
-        return torch.cat([batch[0] for batch in loader])
+        return torch.cat([batch.pixels for batch in loader])
 
     first, again, other = epoch(0), epoch(0), epoch(1)
     assert torch.equal(first, again)
@@ -78,7 +83,7 @@ def test_same_data_with_workers(class_folder: Path) -> None:
     workers = _module(class_folder, num_workers=2, persistent_workers=True).train_dataloader()
     plain.sampler.set_epoch(3)
     workers.sampler.set_epoch(3)
-    assert torch.equal(torch.cat([b[0] for b in plain]), torch.cat([b[0] for b in workers]))
+    assert torch.equal(torch.cat([b.pixels for b in plain]), torch.cat([b.pixels for b in workers]))
 
 
 def test_sampler_shards_cover_everything_once() -> None:
@@ -97,7 +102,7 @@ def test_balanced_sampler_evens_out_classes() -> None:
 
 def test_dataset_holds_no_decoded_images(class_folder: Path) -> None:
     dataset = _module(class_folder).dataset("train")
-    assert dataset.paths.dtype.kind == "U" and dataset.targets.dtype == "int64"
+    assert dataset.items.dtype.kind == "U" and dataset.targets.dtype == "int64"
     assert not any(isinstance(v, Image.Image) for v in vars(dataset).values())
 
 
@@ -108,5 +113,5 @@ def test_dataset_holds_no_decoded_images(class_folder: Path) -> None:
 def test_default_workers_leave_a_cpu_model_its_cores(
     monkeypatch: pytest.MonkeyPatch, cpus: int, gpu: bool, workers: int
 ) -> None:
-    monkeypatch.setattr(datamodule, "available_cpus", lambda: cpus)
+    monkeypatch.setattr(loader_module, "available_cpus", lambda: cpus)
     assert default_num_workers(gpu=gpu) == workers

@@ -12,12 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+import visiontune
 from tests.conftest import write_class_folders
 from visiontune.bundle import load_bundle
+from visiontune.calibration import Calibration, expected_calibration_error
 from visiontune.data.transforms import build_transform
 from visiontune.errors import ConfigError, DatasetError
-from visiontune.evaluation.calibration import expected_calibration_error, unknown_threshold
 from visiontune.evaluation.evaluate import EvalConfig, EvalResult, default_out, evaluate
+from visiontune.runs import RunFolder
 
 
 def _split_paths(run: Path, split: str) -> list[str]:
@@ -70,6 +72,29 @@ def test_metrics_json_equals_an_independent_computation(evaluated: EvalResult, f
     assert sum(p["count"] for p in metrics["most_confused"]) == matrix.sum() - np.trace(matrix)
 
 
+@pytest.mark.parametrize("fixture", ["finetuned_run", "features_run"])
+def test_evaluate_scores_exactly_what_predict_serves(
+    fixture: str, request: pytest.FixtureRequest, trained_data: Path, tmp_path: Path
+) -> None:
+    """The report's probabilities are predict's, image for image: one loader, one forward pass, one calibration."""
+    run: Path = request.getfixturevalue(fixture)
+    result = evaluate(run, trained_data, EvalConfig(out=str(tmp_path / "eval"), top_losses=0))
+    calibration = Calibration.from_dict(json.loads((run / "model" / "bundle.json").read_text())["calibration"])
+    served = visiontune.load(run, device="cpu").predict(result.paths, topk=1)
+    reported = calibration.probabilities(result.logits).max(dim=1)
+    assert [p.path for p in served] == result.paths
+    assert [p.label for p in served] == _names(run, reported.indices)
+    served_p = torch.tensor([p.probability for p in served], dtype=torch.float64)
+    torch.testing.assert_close(served_p, reported.values.double(), atol=1e-6, rtol=0)  # predict rounds to 6 places
+    accuracy = np.mean([p.label == Path(path).parent.name for p, path in zip(served, result.paths, strict=True)])
+    assert result.metrics["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+
+
+def _names(run: Path, indices: torch.Tensor) -> list[str]:
+    classes = json.loads((run / "classes.json").read_text())
+    return [classes[i] for i in indices.tolist()]
+
+
 def test_misclassified_csv_lists_every_mistake(evaluated: EvalResult, finetuned_run: Path) -> None:
     logits, classes = _logits(finetuned_run / "model", evaluated.paths)
     temperature = json.loads((evaluated.out_dir / "metrics.json").read_text())["temperature"]
@@ -118,7 +143,7 @@ def test_ood_auroc_and_flagged_shares(evaluated: EvalResult, finetuned_run: Path
     unknown = (ood_logits / t).softmax(1).max(1).values.numpy()
     assert ood["score"] == "msp"
     assert ood["auroc"] == pytest.approx(_auroc(known, unknown), abs=1e-6)
-    _, threshold = unknown_threshold(calibration)
+    threshold = calibration["unknown"]["thresholds"]["msp"]
     assert ood["flagged_ood"] == pytest.approx(np.mean(unknown < threshold), abs=1e-6)
     assert ood["flagged_in"] == pytest.approx(np.mean(known < threshold), abs=1e-6)
 
@@ -182,6 +207,6 @@ def test_options_are_checked_at_once() -> None:
 
 def test_default_output_folder() -> None:
     run = Path("runs/demo")
-    assert default_out(run, run) == run / "eval"
-    assert default_out(run / "model", run) == Path("eval")
+    assert default_out(run, RunFolder(run)) == run / "eval"
+    assert default_out(run / "model", RunFolder(run)) == Path("eval")
     assert default_out(Path("exported/model"), None) == Path("eval")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from visiontune.calibration import Calibration
 from visiontune.evaluation.ood import ood_metrics
 from visiontune.evaluation.summary import evaluation_metrics, most_confused, unknown_summary
 
@@ -89,14 +90,14 @@ def test_most_confused_counts_off_diagonal_pairs_most_first() -> None:
 
 def test_unknown_summary_counts_images_below_the_threshold() -> None:
     logits, targets = _data()
-    calibration = {"temperature": 1.3, "unknown": {"score": "msp", "thresholds": {"msp": 0.6}}}
+    calibration = Calibration(temperature=1.3, thresholds={"msp": 0.6})
     probs = np.exp(_log_softmax(logits.double().numpy() / 1.3))
     answered = probs.max(axis=1) >= 0.6
     result = unknown_summary(logits, targets, calibration)
     assert result["flagged"] == pytest.approx(1 - answered.mean())
     correct = probs.argmax(axis=1) == targets.numpy()
     assert result["accuracy_answered"] == pytest.approx(correct[answered].mean())
-    assert unknown_summary(logits, targets, {"temperature": 1.0, "unknown_threshold": None})["threshold"] is None
+    assert unknown_summary(logits, targets, Calibration())["threshold"] is None
 
 
 def _auroc(known: np.ndarray, unknown: np.ndarray) -> float:
@@ -109,7 +110,7 @@ def _auroc(known: np.ndarray, unknown: np.ndarray) -> float:
 def test_ood_auroc_and_flagged_shares() -> None:
     known, _ = _data(n=300)
     unknown = torch.randn(120, 10)  # flat logits: low confidence
-    calibration = {"temperature": 0.8, "unknown": {"score": "energy", "thresholds": {"msp": 0.5, "energy": 2.0}}}
+    calibration = Calibration(temperature=0.8, score="energy", thresholds={"msp": 0.5, "energy": 2.0})
     result = ood_metrics(known, unknown, calibration)
     k, u = known.double().numpy() / 0.8, unknown.double().numpy() / 0.8
     msp = [np.exp(_log_softmax(x)).max(axis=1) for x in (k, u)]
@@ -124,6 +125,6 @@ def test_ood_auroc_and_flagged_shares() -> None:
 
 def test_ood_without_a_threshold_still_has_an_auroc() -> None:
     known, _ = _data(n=50)
-    result = ood_metrics(known, torch.zeros(20, 10), {"temperature": 1.0, "unknown_threshold": None})
+    result = ood_metrics(known, torch.zeros(20, 10), Calibration())
     assert result["threshold"] is None and result["flagged_ood"] is None and result["flagged_in"] is None
     assert 0.5 < result["auroc"] <= 1.0

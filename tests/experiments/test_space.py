@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from visiontune.config import DataConfig, RunConfig, TrainConfig
+from visiontune.config import DataConfig, FeaturesConfig, RunConfig, TrainConfig
 from visiontune.errors import ConfigError
 from visiontune.experiments.space import Range, SearchSpace, apply_params, grid_size, parse_grid, suggest_params
 from visiontune.experiments.tune import TuneConfig, make_sampler
@@ -77,9 +77,9 @@ def test_trials_draw_only_what_applies_and_stay_inside_the_space() -> None:
             assert 1e-4 <= params["lr"] <= 1e-2 and params["freeze_epochs"] in (0, 1, 2)
             assert params["label_smoothing"] in (0.0, 0.05, 0.1, 0.15, 0.2)
             assert ("rotation" in params) == (params["augment"] != "none")
-            assert config.train.lr == params["lr"] and config.train.augment == params["augment"]
+            assert config.finetune.lr == params["lr"] and config.train.augment == params["augment"]
             seen.add(params["augment"])
-        assert config.model.name == params["backbone"] and config.model.image_size == params["image_size"]
+        assert config.model.backbone == params["backbone"] and config.model.image_size == params["image_size"]
         assert config.data == BASE.data  # a trial never changes the data
         study.tell(trial, 0.5)
     assert seen == {"none", "light", "standard"}  # not `strong` by default
@@ -91,15 +91,19 @@ def test_fixed_dimensions_come_from_the_base_config() -> None:
         optuna.trial.FixedTrial({"lr": 1e-3, "freeze_epochs": 1, "label_smoothing": 0.1}), space, BASE
     )
     config = apply_params(BASE, params)
-    assert config.model.name == BASE.model.name and config.model.image_size == 48
+    assert config.model.backbone == BASE.model.backbone and config.model.image_size == 48
     assert config.train.augment == "light" and "augment" not in params and "rotation" not in params
 
 
 def test_a_features_base_switched_to_fine_tuning_drops_the_features_settings() -> None:
-    base = RunConfig(DataConfig(source="x"), train=TrainConfig(method="features", heads=("logreg",), tta=True))
+    base = RunConfig(
+        DataConfig(source="x"),
+        train=TrainConfig(method="features"),
+        features=FeaturesConfig(heads=("logreg",), tta=True),
+    )
     config = apply_params(base, {"method": "finetune", "lr": 1e-3})
-    assert config.train.heads == () and not config.train.tta and config.train.lr == 1e-3
-    assert apply_params(base, {"image_size": 64}).train.heads == ("logreg",)
+    assert config.features == FeaturesConfig() and config.finetune.lr == 1e-3
+    assert apply_params(base, {"image_size": 64}).features.heads == ("logreg",)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from visiontune.errors import MissingPackageError
-from visiontune.experiments.figures import plot_optuna
+from visiontune.experiments.charts import plot_optuna
 from visiontune.experiments.study import (
     ERROR,
     RETRY_OF,

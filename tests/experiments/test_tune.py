@@ -16,14 +16,15 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import write_class_folders
-from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_yaml
+from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig, load_yaml
 from visiontune.errors import VisiontuneError
-from visiontune.experiments.runs import find_runs, metric_key, read_metrics
 from visiontune.experiments.space import Range, SearchSpace
 from visiontune.experiments.study import RETRY_OF, StudyError, default_storage
 from visiontune.experiments.tune import OptunaPruning, TuneConfig, tune
+from visiontune.runs.folder import RunFolder
+from visiontune.runs.summary import find_runs
 from visiontune.training.callbacks import Callback
-from visiontune.training.run import train
+from visiontune.training.pipeline import train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +40,12 @@ def ten_classes(tmp_path_factory: pytest.TempPathFactory, fashion: dict[str, np.
 
 
 def base_config(source: Path) -> RunConfig:
-    return RunConfig(DataConfig(source=str(source)), ModelConfig(), TrainConfig(epochs=1, batch_size=32, num_workers=0))
+    return RunConfig(
+        DataConfig(source=str(source)),
+        ModelConfig(),
+        TrainConfig(num_workers=0),
+        FinetuneConfig(epochs=1, batch_size=32),
+    )
 
 
 SMALL_SPACE = SearchSpace(
@@ -94,7 +100,7 @@ def check_best_config_retrains(out: Path, study: optuna.Study, data: Path, tmp_p
     assert retrain.model.image_size == best.params["image_size"]
     assert retrain.train.method == best.params.get("method", "features")
     result = train(retrain)
-    assert abs(result.metrics[metric_key(best.user_attrs["monitor"])] - best.value) <= 0.01
+    assert abs(result.metrics[best.user_attrs["monitor"]] - best.value) <= 0.01
 
 
 def test_resumed_search_over_the_whole_space_ends_with_n_trials_and_best_config_retrains(
@@ -158,7 +164,7 @@ def test_a_killed_workers_trial_is_run_again_by_the_next_worker(ten_classes: Pat
     assert started.is_file() and worker.returncode == -signal.SIGKILL, stderr
 
     space = SearchSpace.from_dict(load_yaml(tmp_path / "space.yaml"))
-    config = dataclasses.replace(base_config(ten_classes), train=TrainConfig(epochs=2, batch_size=32, num_workers=0))
+    config = base_config(ten_classes).replace("finetune", epochs=2)
     result = tune(TuneConfig(config, trials=1, out=str(out), space=space))
     trials = load_study(out).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]  # its worker was gone: failed
@@ -175,7 +181,7 @@ def test_a_pruned_trial_stops_training_after_the_epoch_and_leaves_a_readable_run
         train(config, callbacks=[OptunaPruning(trial)])  # freeze 1 + 1 epochs asked, 1 run
     assert list(trial.storage.get_trial(trial._trial_id).intermediate_values) == [1]
     (run,) = find_runs(tmp_path)
-    assert len(read_metrics(run.path)) == 1 and run.valid is not None
+    assert len(RunFolder(run.path).epochs()) == 1 and run.valid is not None
     assert run.status == "stopped"  # not "running": train() released the run's lock on the way out
 
 

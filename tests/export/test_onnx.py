@@ -107,13 +107,14 @@ def test_features_logreg_bundle_exports_with_parity(features_run: Path, tmp_path
 @pytest.mark.parametrize("head", ["knn", "rf"])
 def test_knn_and_forest_heads_export_too(head: str, trained_data: Path, tmp_path: Path) -> None:
     """k-NN (top-k over stored vectors) and the forest (tree walks) become TopK / Gather graphs: same answers."""
-    from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from visiontune.training.run import train
+    from visiontune.config import DataConfig, FeaturesConfig, ModelConfig, RunConfig, TrainConfig
+    from visiontune.training.pipeline import train
 
     config = RunConfig(
         DataConfig(source=str(trained_data), valid_pct=0.25),
         ModelConfig(image_size=64),  # as features_run: its cached features are reused
-        TrainConfig(method="features", heads=(head,), num_workers=0),
+        TrainConfig(method="features", num_workers=0),
+        features=FeaturesConfig(heads=(head,)),
         out=str(tmp_path / "run"),
     )
     run = train(config).run_dir

@@ -9,7 +9,7 @@ import torch
 
 from visiontune.bundle import BundleMeta, load_bundle, save_bundle
 from visiontune.errors import ModelError
-from visiontune.models import Classifier, create_classifier, pool_features
+from visiontune.models import build_model, create_classifier, pool_features
 from visiontune.models.fitted import FeatureClassifier, KNNHead, LinearHead, embed, fitted_head
 
 
@@ -39,7 +39,7 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     meta = BundleMeta(arch=model.arch, classes=["a", "b", "c"], preprocessing=model.preprocessing)
     save_bundle(tmp_path / "model", model, meta)
     loaded, meta = load_bundle(tmp_path / "model")
-    assert isinstance(loaded, FeatureClassifier) and isinstance(Classifier.from_arch(meta.arch), FeatureClassifier)
+    assert isinstance(loaded, FeatureClassifier) and isinstance(build_model(meta.arch), FeatureClassifier)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), model(images))

@@ -58,7 +58,7 @@ def test_bundle_predictions_match_training_evaluation(
     transform = build_transform(meta.preprocessing)
     batch = torch.stack([transform(open_image(p)) for p, _ in images[:8]])
     with torch.inference_mode():
-        expected = (model(batch) / meta.calibration["temperature"]).softmax(1)
+        expected = (model(batch) / meta.calibration.temperature).softmax(1)
     got = predictor.predict_proba([p for p, _ in images[:8]])
     assert np.abs(got - expected.numpy()).max() < 1e-4
 
@@ -117,7 +117,7 @@ def test_unknown_follows_the_calibrated_threshold(finetuned_run: Path, trained_d
     assert all(p.predictions for p in predictor.predict(images))  # the best guess stays alongside
     energy = predictor.predict(images, unknown_score="energy")
     assert all(p.score is not None and p.score > 1.0 for p in energy)  # a logsumexp, not a probability
-    with pytest.raises(ConfigError, match="msp, energy"):
+    with pytest.raises(ConfigError, match="'msp', 'energy'"):
         predictor.predict(images, unknown_score="entropy")
 
 

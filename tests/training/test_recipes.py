@@ -12,19 +12,17 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import write_class_folders
-from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from visiontune.training.run import train
+from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig
+from visiontune.training.pipeline import train
 
 
-def _run(data: Path, out: Path, *, model: str = "mlp", **train_kw: object) -> RunConfig:
-    defaults = {
-        "method": "scratch", "epochs": 1, "freeze_epochs": 0, "batch_size": 16, "num_workers": 0, "lr": 3e-3,
-        "augment": "none", "label_smoothing": 0.0,
-    }  # fmt: skip
+def _run(data: Path, out: Path, *, model: str = "mlp", **finetune: object) -> RunConfig:
+    defaults = {"epochs": 1, "freeze_epochs": 0, "batch_size": 16, "lr": 3e-3, "label_smoothing": 0.0}
     return RunConfig(
         DataConfig(source=str(data), valid_pct=0.25),
-        ModelConfig(name=model, image_size=28, drop_rate=0.0),
-        TrainConfig(**{**defaults, **train_kw}),  # type: ignore[arg-type]
+        ModelConfig(backbone=model, image_size=28, drop_rate=0.0),
+        TrainConfig(method="scratch", num_workers=0, augment="none"),
+        FinetuneConfig(**{**defaults, **finetune}),  # type: ignore[arg-type]
         out=str(out),
     )
 
@@ -58,7 +56,7 @@ def test_accumulating_two_batches_of_8_equals_one_batch_of_16(tiny: Path, tmp_pa
 
 def test_lr_auto_runs_the_range_test_and_records_the_rate(tiny: Path, tmp_path: Path) -> None:
     result = train(_run(tiny, tmp_path / "auto", lr=None))
-    lr = yaml.safe_load((result.run_dir / "config.yaml").read_text())["train"]["lr"]
+    lr = yaml.safe_load((result.run_dir / "config.yaml").read_text())["finetune"]["lr"]
     assert isinstance(lr, float) and 1e-6 < lr < 1.0
     assert (result.run_dir / "lr_find.png").stat().st_size > 10_000
     assert len(_rows(result.run_dir)) == 1
@@ -78,9 +76,10 @@ def test_imbalanced_data_monitors_balanced_accuracy_and_weights_the_loss(tmp_pat
         extra.unlink()
     result = train(_run(data, tmp_path / "imb", model="small_cnn"))
     run = json.loads((result.run_dir / "run.json").read_text())
-    assert run["imbalance_ratio"] > 3 and run["monitor"] == "balanced_accuracy"
+    assert run["imbalance_ratio"] > 3 and run["monitor"] == "valid_balanced_accuracy"
+    assert result.monitor.name == "valid_balanced_accuracy" and result.monitor.mode == "max"
     config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
-    assert config["train"]["balance"] == "auto"
+    assert config["finetune"]["balance"] == "auto" and config["train"]["monitor"] == "valid_balanced_accuracy"
     assert run["balance"] == "weights"
     shirt, trouser = run["class_weights"]  # classes sorted: t-shirt_top, trouser
     assert trouser > 3 * shirt

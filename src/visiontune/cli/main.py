@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 
-from visiontune import __version__
 from visiontune.cli import datasets, evaluate, inspect, models, predict, train
 from visiontune.cli import export as export_cli
 from visiontune.cli import runs as runs_cli
@@ -19,6 +18,7 @@ from visiontune.cli import serve as serve_cli
 from visiontune.cli import tune as tune_cli
 from visiontune.cli.console import print_error, setup_logging
 from visiontune.errors import VisiontuneError
+from visiontune.version import __version__
 
 
 # Typer >= 0.25 vendors its own click; older releases raise click's classes. Catch both.

@@ -98,9 +98,7 @@ def predict_command(
 
 
 def _threshold_known(predictor: object, score: str | None) -> bool:
-    from visiontune.evaluation.calibration import unknown_threshold
-
-    return unknown_threshold(predictor.calibration, score)[1] is not None  # type: ignore[attr-defined]
+    return predictor.calibration.threshold(score) is not None  # type: ignore[attr-defined]
 
 
 def _emit(text: str, out: Path | None) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from visiontune.cli.console import console, fit_table
-from visiontune.experiments.runs import SORT_KEYS, RunSummary, find_runs, sort_runs
+from visiontune.runs.summary import SORT_KEYS, RunSummary, find_runs, sort_runs
 
 
 class _ListByDefault(TyperGroup):
@@ -83,7 +83,7 @@ def runs_table(runs: list[RunSummary], *, title: str, columns: Sequence[str] = R
             "size": str(run.image_size or "-"),
             "epochs": run.epochs_label,
             "valid": _metric(run.valid, run.monitor),
-            "test": _metric(run.test, "accuracy"),
+            "test": _metric(run.test, "valid_accuracy"),
             "time": _duration(run.time_s),
             "status": run.status,
         }
@@ -94,7 +94,9 @@ def runs_table(runs: list[RunSummary], *, title: str, columns: Sequence[str] = R
 def _metric(value: float | None, monitor: str) -> str:
     if value is None:
         return "-"
-    suffix = {"accuracy": "", "balanced_accuracy": " bal"}.get(monitor, f" {monitor}")
+    suffix = {"valid_accuracy": "", "valid_balanced_accuracy": " bal"}.get(
+        monitor, f" {monitor.removeprefix('valid_')}"
+    )
     return f"{value:.4f}{suffix}"
 
 

@@ -11,7 +11,8 @@ from rich import box
 from rich.table import Table
 
 from visiontune.cli.console import console, err_console, fit_table
-from visiontune.config import RunConfig, load_yaml
+from visiontune.cli.run_options import sections, with_run_options
+from visiontune.config import RunConfig, load_yaml, merge_overrides
 
 Opt = typer.Option
 
@@ -25,7 +26,6 @@ def tune_command(
         float | None, Opt("--timeout", min=0.0, help="Start no new trial after this many seconds.")
     ] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="Output folder (default runs/tune-<data>).")] = None,
-    sample: Annotated[float | None, Opt(help="Tune on a stratified fraction of the data, e.g. 0.1.")] = None,
     storage: Annotated[
         str | None, Opt(help="Study database URL, e.g. postgresql://user@host/db (default: OUT/study.db).")
     ] = None,
@@ -37,16 +37,12 @@ def tune_command(
         Path | None, Opt("--space", help="YAML search space: lists are choices, {low, high} ranges, null fixes one.")
     ] = None,
     config: Annotated[Path | None, Opt("--config", help="Base run config (YAML) every trial starts from.")] = None,
-    epochs: Annotated[int | None, Opt(help="Epochs with all layers learning, in every trial.")] = None,
-    batch_size: Annotated[int | None, Opt(help="Images per batch.")] = None,
-    valid_pct: Annotated[float | None, Opt(help="Validation share when the data has no valid split.")] = None,
-    workers: Annotated[int | None, Opt(help="Data-loading worker processes.")] = None,
-    seed: Annotated[int | None, Opt(help="Seed for the split, sampling, training and the sampler.")] = None,
     prune: Annotated[bool, Opt("--prune/--no-prune", help="Stop poor trials early (median rule).")] = True,
     keep_checkpoints: Annotated[
         bool, Opt("--keep-checkpoints", help="Keep each trial's checkpoints (its model/ bundle is always kept).")
     ] = False,
     quiet: Annotated[bool, Opt("--quiet", help="No line per trial; just the result.")] = False,
+    **options: Any,
 ) -> None:
     """Search hyperparameters with Optuna; run the same command again to resume an interrupted search.
 
@@ -59,13 +55,9 @@ def tune_command(
     from visiontune.experiments.space import SearchSpace, grid_size, parse_grid
     from visiontune.experiments.tune import TuneConfig, tune
 
-    values = load_yaml(config) if config else {}
-    sections = {
-        "data": {"source": data, "sample": sample, "valid_pct": valid_pct, "seed": seed},
-        "train": {"epochs": epochs, "batch_size": batch_size, "num_workers": workers, "seed": seed},
-    }
-    for section, given in sections.items():  # options typed override the --config file
-        values[section] = {**(values.get(section) or {}), **{k: v for k, v in given.items() if v is not None}}
+    typed = sections(options, SHARED)  # options typed override the --config file: the same merge as `train --config`
+    typed["data"]["source"] = data
+    values = merge_overrides(load_yaml(config) if config else {}, typed)
     grid_values = parse_grid(grid or [])
     tune_config = TuneConfig(
         base=RunConfig.from_dict({**values, "out": None, "name": None}),
@@ -93,6 +85,10 @@ def tune_command(
         err_console.print("run the same command again to resume: the interrupted trial runs again", highlight=False)
         raise
     _print_result(result)
+
+
+SHARED = ("epochs", "batch_size", "sample", "valid_pct", "workers", "seed")  # the run options every trial takes
+with_run_options(tune_command, SHARED)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -2,7 +2,7 @@
 (seed, epoch, sample) alone, so a resumed run sees exactly the data an uninterrupted one would,
 whatever the number of worker processes.
 
-The samplers yield `(index, item_seed)` pairs; `ImageDataset` seeds torch's RNG with `item_seed`
+The samplers yield `(index, item_seed)` pairs; `ImageItems` seeds torch's RNG with `item_seed`
 before transforming that image.
 """
 

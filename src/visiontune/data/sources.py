@@ -79,7 +79,7 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _walk_files(root: Path) -> list[Path]:
+def walk_files(root: Path) -> list[Path]:
     """All non-hidden files under `root`, sorted by relative path so every machine sees one order."""
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -140,7 +140,7 @@ def from_folder(root: str | Path, *, group_regex: str | None = None) -> Scan:
 
 def _add_class_folders(scan: Scan, folder: Path, *, split: str | None, group_regex: str | None) -> None:
     for class_dir in _subdirs(folder):
-        images, skipped = _partition(_walk_files(class_dir))
+        images, skipped = _partition(walk_files(class_dir))
         scan.skipped.extend(skipped)
         if not images:
             scan.empty_classes.append(class_dir.relative_to(scan.root).as_posix())
@@ -153,7 +153,7 @@ def _add_class_folders(scan: Scan, folder: Path, *, split: str | None, group_reg
 def _skip_loose_files(scan: Scan, root: Path, *, keep: set[Path]) -> None:
     for sub in _subdirs(root):
         if sub not in keep:
-            scan.skipped.extend((p, f"folder {sub.name}/ is not a split name") for p in _walk_files(sub))
+            scan.skipped.extend((p, f"folder {sub.name}/ is not a split name") for p in walk_files(sub))
     scan.skipped.extend((p, "not inside a split folder") for p in sorted(root.iterdir()) if p.is_file() and _visible(p))
 
 
@@ -268,7 +268,7 @@ def from_name_func(root: str | Path, func: Callable[[Path], object], *, group_re
 def _from_labeller(
     root: Path, kind: str, label_of: Callable[[Path], str | None], what: str, group_regex: str | None
 ) -> Scan:
-    images, skipped = _partition(_walk_files(root))
+    images, skipped = _partition(walk_files(root))
     scan = Scan(root, kind, [], skipped)
     group = _group_fn(group_regex)
     for path in images:

@@ -25,20 +25,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
-from visiontune.bundle import META_FILE, BundleMeta, load_bundle, resolve_bundle_path
-from visiontune.config import LoaderConfig, check_choice, check_range
-from visiontune.data.datamodule import DataModule, ImageDataset, collate_skipping_none, default_num_workers
+from visiontune.bundle import BundleMeta, resolve_bundle_path
+from visiontune.config import check_choice, check_range
+from visiontune.data.loader import ImageItems
 from visiontune.data.sources import Sample
-from visiontune.data.transforms import denormalize
 from visiontune.errors import DatasetError
 from visiontune.evaluation import figures, gradcam
-from visiontune.evaluation.ood import OOD_LABEL, ood_metrics, ood_samples, ood_score_values
+from visiontune.evaluation.ood import ood_metrics, ood_samples, ood_score_values
+from visiontune.evaluation.report import write_report
 from visiontune.evaluation.selection import SPLIT_CHOICES, Selection, sample_path, select_images
 from visiontune.evaluation.summary import evaluation_metrics, sample_losses, unknown_summary
 from visiontune.io import atomic_write_json, atomic_write_text, json_safe
-from visiontune.system import inference_batch_size
+from visiontune.predict import Predictor
+from visiontune.runs.folder import RunFolder, find_run
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,21 @@ class Scored:
     targets: torch.Tensor  # (N,)
     indices: torch.Tensor  # (N,) positions in the dataset
 
+    @classmethod
+    def of(
+        cls,
+        predictor: Predictor,
+        dataset: ImageItems,
+        targets: list[int],
+        config: EvalConfig,
+        progress: Callable[[int], None] | None = None,
+    ) -> Scored:
+        """Score `dataset` through the predictor's own loader and forward pass: exactly what predict serves."""
+        runner = predictor.runner
+        loader = runner.loader(dataset, batch_size=config.batch_size, num_workers=config.num_workers)
+        scored = runner.outputs(loader, progress=progress)
+        return cls(scored.outputs, torch.as_tensor(targets, dtype=torch.long)[scored.indices], scored.indices)
+
 
 def evaluate(
     model: str | Path,
@@ -108,37 +123,35 @@ def evaluate(
     config = config or EvalConfig()
     ood = ood_samples(config.ood) if config.ood else None  # a bad --ood folder fails before any work
     bundle_dir = resolve_bundle_path(model)
-    run_dir = find_run_dir(Path(model), bundle_dir)
-    device = _device(config.device)
-    net, meta = load_bundle(bundle_dir, device=device)
+    run = find_run(Path(model), bundle_dir)
+    predictor = Predictor.load(bundle_dir, device=config.device)
+    meta = predictor.meta
+    assert meta is not None  # a bundle's predictor carries its metadata
     selection = select_images(
-        data, classes=meta.classes, training=meta.training, run_dir=run_dir, split=config.split,
+        data, classes=meta.classes, training=meta.training, run=run, split=config.split,
         label_regex=config.label_regex,
     )  # fmt: skip
-    out_dir = Path(config.out) if config.out else default_out(Path(model), run_dir)
-    datamodule = DataModule(
-        selection.data, meta.preprocessing, loader=_loader_config(config, device), max_pixels=selection_pixels(meta)
-    )
-    dataset = datamodule.dataset(selection.split, train=False)
+    out_dir = Path(config.out) if config.out else default_out(Path(model), run)
+    samples = selection.data.samples
+    dataset = predictor.dataset([s.path for s in samples], max_pixels=selection_pixels(meta))
     if on_total:
         on_total(len(dataset))
-    scored = _predict(net, datamodule.eval_dataloader(selection.split), device, progress)
+    targets = [selection.data.class_to_idx[s.label] for s in samples]
+    scored = Scored.of(predictor, dataset, targets, config, progress)
     if len(scored.targets) == 0:
         raise DatasetError(f"{selection.data.root}: none of the {len(dataset)} selected images could be decoded")
     metrics = _metrics(scored, meta, selection, bundle_dir, data)
-    calibrated = (scored.logits / metrics["temperature"]).softmax(dim=1)  # the probabilities predict reports
-    _write_basics(out_dir, scored, calibrated, metrics, selection.data.samples, meta.classes)
-    metrics["top_losses"] = _top_losses(net, dataset, scored, calibrated, meta, out_dir, config.top_losses, device)
+    calibrated = meta.calibration.probabilities(scored.logits)  # the probabilities predict reports
+    _write_basics(out_dir, scored, calibrated, metrics, samples, meta.classes)
+    metrics["top_losses"] = _top_losses(predictor, dataset, scored, calibrated, out_dir, config.top_losses)
     unknown = None
     if ood is not None:
-        metrics["ood"], unknown = _ood(net, dataset, scored, meta, ood, config, device, out_dir)
+        metrics["ood"], unknown = _ood(predictor, scored, ood, config, out_dir)
     else:
         (out_dir / "ood_scores.png").unlink(missing_ok=True)  # from an earlier --ood run into the same folder
     metrics = json_safe(metrics)
     atomic_write_json(out_dir / "metrics.json", metrics)
-    from visiontune.evaluation.report import write_report
-
-    write_report(out_dir, metrics, run_dir=run_dir, meta=meta, notes=selection.notes)
+    write_report(out_dir, metrics, run=run, meta=meta, notes=selection.notes)
     paths = [sample_path(selection.data.samples[int(i)]) for i in scored.indices]
     result = EvalResult(out_dir, metrics, scored.logits, scored.targets, paths)
     if unknown is not None:
@@ -147,15 +160,9 @@ def evaluate(
     return result
 
 
-def default_out(model: Path, run_dir: Path | None) -> Path:
+def default_out(model: Path, run: RunFolder | None) -> Path:
     """RUN/eval when MODEL names a run folder (the evaluation lives beside the run); ./eval for a bundle."""
-    return run_dir / "eval" if run_dir is not None and run_dir == model else Path("eval")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return run.eval_dir if run is not None and run.path == model else Path("eval")
 
 
 def _write_basics(
@@ -168,50 +175,16 @@ def _write_basics(
     figures.plot_reliability(scored.targets, scored.logits.softmax(dim=1), scaled, out_dir / "reliability.png")
 
 
-def find_run_dir(given: Path, bundle_dir: Path) -> Path | None:
-    """The run folder behind a bundle: the folder given, the bundle's parent, or None for a lone bundle."""
-    for candidate in (given, bundle_dir.parent):
-        if (candidate / "config.yaml").is_file() and (candidate / "model" / META_FILE).is_file():
-            return candidate
-    return None
-
-
 def selection_pixels(meta: BundleMeta) -> int:
     """The decompression-bomb limit the run trained with (the default when the bundle doesn't say)."""
     data = (meta.training.get("config") or {}).get("data") or {}
     return int(data.get("max_pixels", 64_000_000))
 
 
-def _loader_config(config: EvalConfig, device: torch.device) -> LoaderConfig:
-    batch = config.batch_size or inference_batch_size(device.type)
-    return LoaderConfig(batch_size=batch, num_workers=config.num_workers, persistent_workers=False)
-
-
-def _predict(
-    net: torch.nn.Module, loader: DataLoader, device: torch.device, progress: Callable[[int], None] | None
-) -> Scored:
-    """Logits in dataset order; files that fail to decode are left out (the loader warns once each)."""
-    parts = []
-    with torch.inference_mode():
-        for batch in loader:
-            if batch is None:
-                continue
-            images, targets, indices = batch
-            parts.append((net(images.to(device)).float().cpu(), targets, indices))
-            if progress:
-                progress(len(targets))
-    if not parts:
-        empty = torch.empty(0, dtype=torch.long)
-        return Scored(torch.empty(0, 0), empty, empty)
-    logits, targets, indices = (torch.cat(t) for t in zip(*parts, strict=True))
-    order = torch.argsort(indices)
-    return Scored(logits[order], targets[order], indices[order])
-
-
 def _metrics(
     scored: Scored, meta: BundleMeta, selection: Selection, bundle_dir: Path, data: str | Path
 ) -> dict[str, Any]:
-    temperature = float(meta.calibration.get("temperature") or 1.0)
+    temperature = meta.calibration.temperature
     metrics = {
         "model": str(bundle_dir),
         "data": str(data),
@@ -221,7 +194,7 @@ def _metrics(
         "undecodable": len(selection.data.samples) - len(scored.targets),
         **evaluation_metrics(scored.logits, scored.targets, classes=meta.classes, temperature=temperature),
     }
-    metrics["calibration_fitted"] = "ece_before" in meta.calibration  # older bundles: T = 1, no threshold
+    metrics["calibration_fitted"] = meta.calibration.fitted  # older bundles: T = 1, no threshold
     metrics["unknown"] = unknown_summary(scored.logits, scored.targets, meta.calibration)
     return metrics
 
@@ -250,28 +223,27 @@ def _write_misclassified(
 
 
 def _top_losses(
-    net: Any, dataset: ImageDataset, scored: Scored, probs: torch.Tensor, meta: BundleMeta,
-    out_dir: Path, count: int, device: torch.device,
-) -> dict[str, Any]:  # fmt: skip
+    predictor: Predictor, dataset: ImageItems, scored: Scored, probs: torch.Tensor, out_dir: Path, count: int
+) -> dict[str, Any]:
     """top_losses.png and gradcam.png for the `count` highest-loss images; their rows for metrics.json."""
     losses = sample_losses(probs, scored.targets)
     rows = losses.argsort(descending=True)[:count].tolist()
-    listed = [_loss_row(r, scored, probs, losses, dataset, meta.classes) for r in rows]
+    listed = [_loss_row(r, scored, probs, losses, dataset, predictor.classes) for r in rows]
     if not listed:
         for stale in ("top_losses.png", "gradcam.png"):
             (out_dir / stale).unlink(missing_ok=True)
         return {"images": [], "gradcam": None}
-    images = torch.stack([dataset[int(scored.indices[r])][0] for r in rows])  # (n, 3, H, W), re-decoded
-    shown = denormalize(images, meta.preprocessing)
+    pixels = torch.stack([dataset[int(scored.indices[r])][0] for r in rows])  # (n, H, W, 3) uint8, re-decoded
+    shown = pixels.permute(0, 3, 1, 2).float() / 255  # (n, 3, H, W) colours in 0..1
     wrong = [x["predicted"] != x["actual"] for x in listed]
     titles = [
         f"pred: {_short(x['predicted'])} ({x['probability']:.2f})\nactual: {_short(x['actual'])}\nloss {x['loss']:.2f}"
         for x in listed
     ]
     figures.plot_image_grid(shown, titles, out_dir / "top_losses.png", wrong=wrong)
-    reason = gradcam.unavailable_reason(net)
-    if reason is None:
-        heat = gradcam.grad_cam(net, images.to(device), probs[rows].argmax(dim=1))  # explains the predicted class
+    reason = gradcam.unavailable_reason(predictor.model)
+    if reason is None:  # explains the predicted class, on the images as the model sees them
+        heat = gradcam.grad_cam(predictor.model, predictor.runner.images(pixels), probs[rows].argmax(dim=1))
         cam_titles = [f"looked for: {_short(x['predicted'])}\nactual: {_short(x['actual'])}" for x in listed]
         figures.plot_image_grid(shown, cam_titles, out_dir / "gradcam.png", wrong=wrong, heat=heat)
     else:
@@ -280,11 +252,11 @@ def _top_losses(
 
 
 def _loss_row(
-    row: int, scored: Scored, probs: torch.Tensor, losses: torch.Tensor, dataset: ImageDataset, classes: list[str]
+    row: int, scored: Scored, probs: torch.Tensor, losses: torch.Tensor, dataset: ImageItems, classes: list[str]
 ) -> dict[str, Any]:
     predicted, actual = int(probs[row].argmax()), int(scored.targets[row])
     return {
-        "path": str(Path(str(dataset.paths[int(scored.indices[row])])).absolute()),
+        "path": str(Path(str(dataset.path(int(scored.indices[row])))).absolute()),
         "actual": classes[actual],
         "predicted": classes[predicted],
         "loss": float(losses[row]),
@@ -294,32 +266,17 @@ def _loss_row(
 
 
 def _ood(
-    net: Any,
-    dataset: ImageDataset,
-    scored: Scored,
-    meta: BundleMeta,
-    samples: list[Sample],
-    config: EvalConfig,
-    device: torch.device,
-    out_dir: Path,
+    predictor: Predictor, scored: Scored, samples: list[Sample], config: EvalConfig, out_dir: Path
 ) -> tuple[dict[str, Any], Scored]:
     """Score the --ood folder; AUROC against the evaluation images, shares flagged unknown, ood_scores.png."""
-    ood_set = ImageDataset(
-        samples, {OOD_LABEL: 0}, dataset.transform, max_pixels=dataset.max_pixels, draft_size=dataset.draft_size
-    )
-    workers = default_num_workers(gpu=device.type == "cuda") if config.num_workers is None else config.num_workers
-    loader = DataLoader(
-        ood_set,
-        batch_size=_loader_config(config, device).batch_size,
-        num_workers=workers,
-        collate_fn=collate_skipping_none,
-    )
-    unknown = _predict(net, loader, device, None)
+    dataset = predictor.dataset([s.path for s in samples], max_pixels=selection_pixels(predictor.meta))
+    unknown = Scored.of(predictor, dataset, [0] * len(samples), config)
     if len(unknown.targets) == 0:
         raise DatasetError(f"{config.ood}: none of its {len(samples)} images could be decoded")
-    result = {"folder": str(config.ood), **ood_metrics(scored.logits, unknown.logits, meta.calibration)}
+    calibration = predictor.calibration
+    result = {"folder": str(config.ood), **ood_metrics(scored.logits, unknown.logits, calibration)}
     figures.plot_ood_scores(
-        ood_score_values(scored.logits, meta.calibration), ood_score_values(unknown.logits, meta.calibration),
+        ood_score_values(scored.logits, calibration), ood_score_values(unknown.logits, calibration),
         score=result["score"], threshold=result["threshold"], path=out_dir / "ood_scores.png",
     )  # fmt: skip
     return result, unknown

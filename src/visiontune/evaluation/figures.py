@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visiontune.evaluation.calibration import reliability_bins
-from visiontune.evaluation.plots import _save, plt
+from visiontune.calibration import reliability_bins
+from visiontune.plots import plt, save_png
 
 WRONG, RIGHT = "#b42318", "#1d6b3a"  # title colours of mistaken and correct images
 GRID_COLUMNS = 6
@@ -39,7 +39,7 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str 
         if len(classes) <= 30:
             _annotate(ax, values, fmt)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _annotate(ax: plt.Axes, values: np.ndarray, fmt: str) -> None:
@@ -78,7 +78,7 @@ def plot_image_grid(
     if suptitle:
         fig.suptitle(suptitle, fontsize=11, x=0.01, ha="left")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_reliability(targets: torch.Tensor, before: torch.Tensor, after: torch.Tensor | None, path: str | Path) -> None:
@@ -104,7 +104,7 @@ def plot_reliability(targets: torch.Tensor, before: torch.Tensor, after: torch.T
     hist.set(xlabel="confidence (top probability)", ylabel="images")
     hist.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_ood_scores(
@@ -122,7 +122,7 @@ def plot_ood_scores(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _heat_rgba(heat: torch.Tensor) -> np.ndarray:

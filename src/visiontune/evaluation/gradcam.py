@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from visiontune.errors import ModelError
-from visiontune.models.classifier import Classifier, _as_feature_map
+from visiontune.models.classifier import Classifier, as_feature_map
 
 # fitted heads whose output is a vote or a tree walk: the gradient is zero or says nothing
 NOT_DIFFERENTIABLE = {
@@ -69,8 +69,8 @@ def grad_cam(model: Classifier, images: torch.Tensor, classes: torch.Tensor) -> 
 def _cam(model: Classifier, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) feature map and its gradient -> (B, h, w) class activation map."""
     prefix = getattr(model.backbone, "num_prefix_tokens", 0)
-    a = _as_feature_map(activations, model.num_features, prefix).float()
-    g = _as_feature_map(grads, model.num_features, prefix).float()
+    a = as_feature_map(activations, model.num_features, prefix).float()
+    g = as_feature_map(grads, model.num_features, prefix).float()
     weights = g.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1): each channel's importance for the class
     return F.relu((weights * a).sum(dim=1))
 

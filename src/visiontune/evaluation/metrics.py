@@ -1,4 +1,9 @@
-"""Classification metrics from logits: the numbers training monitors and evaluation reports."""
+"""Classification metrics from logits: the numbers training monitors and evaluation reports.
+
+Run metrics carry their split in their name (`valid_accuracy`, `test_loss`): epoch rows,
+results.json, bundles, the runs table and tune all use these names. A `Monitor` is such a name
+plus the direction that is better, stated once here instead of guessed from the name.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +12,41 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import balanced_accuracy_score
+from sklearn.metrics import balanced_accuracy_score, f1_score
+
+from visiontune.calibration import expected_calibration_error
+from visiontune.config import Monitor, get_monitor
+
+SPLIT_METRICS = ("loss", "accuracy", "balanced_accuracy", "error_rate", "macro_f1")  # each run split's, + ece
+
+
+def auto_monitor(imbalance: float) -> Monitor:
+    """Accuracy, or balanced accuracy when the largest class has over 1.5x the images of the smallest."""
+    return get_monitor("valid_balanced_accuracy" if imbalance > 1.5 else "valid_accuracy")
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, *, num_classes: int) -> dict[str, float]:
-    """loss (cross-entropy), accuracy, balanced accuracy (mean per-class recall) and error rate.
+    """loss (cross-entropy), accuracy, balanced accuracy (mean per-class recall), error rate, macro F1.
 
     Balanced accuracy is what imbalanced data should be judged on: predicting the majority
     class everywhere scores 1 / num_classes, not the majority's share.
     """
     if len(targets) == 0:
-        return {
-            "loss": float("nan"),
-            "accuracy": float("nan"),
-            "balanced_accuracy": float("nan"),
-            "error_rate": float("nan"),
-        }
+        return dict.fromkeys(SPLIT_METRICS, float("nan"))
     logits = logits.float()
     preds = logits.argmax(dim=1)
     accuracy = float((preds == targets).float().mean())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a class absent from a small valid split is fine here
         balanced = float(balanced_accuracy_score(targets.numpy(), preds.numpy()))
+        labels = list(range(num_classes))
+        macro_f1 = float(f1_score(targets.numpy(), preds.numpy(), labels=labels, average="macro", zero_division=0))
     return {
         "loss": float(F.cross_entropy(logits, targets)),
         "accuracy": accuracy,
         "balanced_accuracy": balanced,
         "error_rate": 1.0 - accuracy,
+        "macro_f1": macro_f1,
     }
 
 
@@ -46,13 +59,11 @@ def imbalance_ratio(counts: list[int] | np.ndarray) -> float:
 def split_metrics(
     split: str, logits: torch.Tensor, targets: torch.Tensor, num_classes: int, temperature: float = 1.0
 ) -> dict[str, float]:
-    """A split's metrics as run results name them: valid_loss, valid_accuracy, ..., valid_ece.
+    """A split's metrics as run results name them: valid_loss, valid_accuracy, ..., valid_macro_f1, valid_ece.
 
     The loss is the raw model's (what training monitored); `{split}_ece` is the expected
     calibration error of the temperature-scaled probabilities that predict reports.
     """
-    from visiontune.evaluation.calibration import expected_calibration_error
-
     metrics = {f"{split}_{k}": v for k, v in classification_metrics(logits, targets, num_classes=num_classes).items()}
     metrics[f"{split}_ece"] = expected_calibration_error((logits.float() / temperature).softmax(dim=1), targets)
     return metrics

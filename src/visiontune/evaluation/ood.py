@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from sklearn.metrics import roc_auc_score
 
+from visiontune.calibration import UNKNOWN_SCORES, Calibration
 from visiontune.data.images import is_image_file
-from visiontune.data.sources import Sample, _walk_files
+from visiontune.data.sources import Sample, walk_files
 from visiontune.errors import DatasetError
-from visiontune.evaluation.calibration import UNKNOWN_SCORES, unknown_scores, unknown_threshold
 
 OOD_LABEL = "(ood)"  # a placeholder label: OOD images have no class
 
@@ -28,13 +28,13 @@ def ood_samples(folder: str | Path) -> list[Sample]:
     if not root.is_dir():
         what = "no such folder" if not root.exists() else "not a folder"
         raise DatasetError(f"{root}: {what}; --ood takes a folder of images of none of the model's classes")
-    paths = [p for p in _walk_files(root) if is_image_file(p)]
+    paths = [p for p in walk_files(root) if is_image_file(p)]
     if not paths:
         raise DatasetError(f"{root}: no image files; --ood takes a folder of images of none of the model's classes")
     return [Sample(path, OOD_LABEL) for path in paths]
 
 
-def ood_metrics(known: torch.Tensor, unknown: torch.Tensor, calibration: dict[str, Any]) -> dict[str, Any]:
+def ood_metrics(known: torch.Tensor, unknown: torch.Tensor, calibration: Calibration) -> dict[str, Any]:
     """AUROC and flagged shares from (N, K) logits of in-distribution images and (M, K) logits of OOD ones.
 
     The bundle's chosen score gives `auroc`; `auroc_by_score` has every score for comparison.
@@ -45,12 +45,11 @@ def ood_metrics(known: torch.Tensor, unknown: torch.Tensor, calibration: dict[st
         >>> ood_metrics(test_logits, ood_logits, meta.calibration)["auroc"]  # doctest: +SKIP
         0.93
     """
-    temperature = float(calibration.get("temperature", 1.0))
-    name, threshold = unknown_threshold(calibration)
+    name, threshold = calibration.score, calibration.threshold()
     labels = [1] * len(known) + [0] * len(unknown)  # positive = in-distribution: higher score, more familiar
     by_score = {}
     for score in UNKNOWN_SCORES:
-        values = torch.cat([unknown_scores(x.float(), temperature=temperature, score=score) for x in (known, unknown)])
+        values = torch.cat([calibration.scores(x, score) for x in (known, unknown)])
         by_score[score] = float(roc_auc_score(labels, values.double().numpy()))
     result: dict[str, Any] = {
         "images": len(unknown),
@@ -63,17 +62,15 @@ def ood_metrics(known: torch.Tensor, unknown: torch.Tensor, calibration: dict[st
         "flagged_in": None,
     }
     if threshold is not None:
-        result["flagged_ood"] = _share_below(unknown, threshold, temperature, name)
-        result["flagged_in"] = _share_below(known, threshold, temperature, name)
+        result["flagged_ood"] = _share_flagged(unknown, calibration)
+        result["flagged_in"] = _share_flagged(known, calibration)
     return result
 
 
-def ood_score_values(logits: torch.Tensor, calibration: dict[str, Any]) -> torch.Tensor:
+def ood_score_values(logits: torch.Tensor, calibration: Calibration) -> torch.Tensor:
     """(N,) the bundle's unknown score of each image (for the score histogram)."""
-    name, _ = unknown_threshold(calibration)
-    return unknown_scores(logits.float(), temperature=float(calibration.get("temperature", 1.0)), score=name)
+    return calibration.scores(logits)
 
 
-def _share_below(logits: torch.Tensor, threshold: float, temperature: float, score: str) -> float:
-    values = unknown_scores(logits.float(), temperature=temperature, score=score)
-    return float((values < threshold).double().mean())
+def _share_flagged(logits: torch.Tensor, calibration: Calibration) -> float:
+    return float(calibration.is_unknown(logits).double().mean())

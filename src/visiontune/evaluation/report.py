@@ -15,9 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from visiontune import __version__
 from visiontune.bundle import BundleMeta
+from visiontune.evaluation.run_info import audit_html, config_text, heads_html, history_figure
 from visiontune.io import atomic_write_text
+from visiontune.runs.folder import RunFolder
+from visiontune.version import __version__
 
 MISCLASSIFIED_SHOWN = 25
 CONFUSED_SHOWN = 12
@@ -76,7 +78,7 @@ footer { text-align:center; color:var(--muted); font-size:12px; padding-bottom:3
 
 
 def write_report(
-    out_dir: Path, metrics: dict[str, Any], *, run_dir: Path | None, meta: BundleMeta, notes: list[str]
+    out_dir: Path, metrics: dict[str, Any], *, run: RunFolder | None, meta: BundleMeta, notes: list[str]
 ) -> Path:
     """Render report.html from metrics.json's content and the PNGs already in `out_dir`."""
     sections = [
@@ -87,7 +89,7 @@ def write_report(
         _calibration(metrics, out_dir),
         _ood(metrics, out_dir) if metrics.get("ood") else "",
         _misclassified(metrics, out_dir),
-        _training(run_dir, meta, out_dir),
+        _training(run, meta, out_dir),
     ]
     page = _page(metrics, meta, "\n".join(s for s in sections if s))
     path = out_dir / "report.html"
@@ -309,26 +311,24 @@ def _misclassified(metrics: dict[str, Any], out_dir: Path) -> str:
     )
 
 
-def _training(run_dir: Path | None, meta: BundleMeta, out_dir: Path) -> str:
-    from visiontune.evaluation.run_info import audit_html, config_text, heads_html, history_figure
-
+def _training(run: RunFolder | None, meta: BundleMeta, out_dir: Path) -> str:
     parts = ['<section id="training"><h2>Training</h2>']
-    if run_dir is None:
+    if run is None:
         parts.append(
             '<p class="note">The bundle is not inside its run folder: '
             "learning curves and data audit are not available.</p>"
         )
     else:
-        parts.append(f'<p class="note">Run folder <code>{_e(str(run_dir))}</code>.</p>')
-        history = history_figure(run_dir, out_dir)
+        parts.append(f'<p class="note">Run folder <code>{_e(str(run.path))}</code>.</p>')
+        history = history_figure(run, out_dir)
         if history is not None:
             parts.append(
                 "<h3>Learning curves</h3>" + _figure(history, "Per epoch; dotted line: the backbone was unfrozen.")
             )
-        parts.append(heads_html(run_dir))
-        parts.append(audit_html(run_dir))
+        parts.append(heads_html(run))
+        parts.append(audit_html(run))
     parts.append(
-        f'<h3>Configuration (config.yaml)</h3><pre class="config">{_e(config_text(run_dir, meta))}</pre></section>'
+        f'<h3>Configuration (config.yaml)</h3><pre class="config">{_e(config_text(run, meta))}</pre></section>'
     )
     return "".join(parts)
 

@@ -6,15 +6,15 @@ copied run may lack a file; the report then says so rather than failing.
 
 from __future__ import annotations
 
-import csv
 import html
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from visiontune.bundle import BundleMeta
+from visiontune.plots import plot_history
+from visiontune.runs.folder import CONFIG, HISTORY, RunFolder
 
 AUDIT_FACTS = (
     ("method", "method"),
@@ -27,22 +27,20 @@ AUDIT_FACTS = (
 )
 
 
-def history_figure(run_dir: Path, out_dir: Path) -> Path | None:
+def history_figure(run: RunFolder, out_dir: Path) -> Path | None:
     """The run's history.png; re-plotted from metrics.csv into `out_dir` when only the numbers are left."""
-    if (run_dir / "history.png").is_file():
-        return run_dir / "history.png"
-    rows = _csv_rows(run_dir / "metrics.csv")
+    if run.file(HISTORY).is_file():
+        return run.file(HISTORY)
+    rows = run.epochs()
     if not rows:
         return None
-    from visiontune.evaluation.plots import plot_history
-
-    plot_history(rows, out_dir / "history.png")
-    return out_dir / "history.png"
+    plot_history(rows, out_dir / HISTORY)
+    return out_dir / HISTORY
 
 
-def heads_html(run_dir: Path) -> str:
+def heads_html(run: RunFolder) -> str:
     """heads.csv of a features run: each classical head's validation scores, the kept one marked."""
-    rows = _csv_rows(run_dir / "heads.csv")
+    rows = run.heads()
     if not rows:
         return ""
     columns = [
@@ -58,12 +56,11 @@ def heads_html(run_dir: Path) -> str:
     return f"<h3>Heads compared (validation split)</h3><table><tr>{head}<th></th></tr>{body}</table>"
 
 
-def audit_html(run_dir: Path) -> str:
+def audit_html(run: RunFolder) -> str:
     """run.json's data audit: images per class and split, imbalance and how training handled it."""
-    path = run_dir / "run.json"
-    if not path.is_file():
+    info = run.info()
+    if not info:
         return '<p class="note">No run.json: the data audit is not available.</p>'
-    info = json.loads(path.read_text())
     parts = ["<h3>Data audit (recorded at training)</h3>", _counts_table(info.get("counts") or {})]
     facts = [(label, info[key]) for key, label in AUDIT_FACTS if info.get(key) is not None]
     if info.get("class_weights"):
@@ -81,10 +78,10 @@ def audit_html(run_dir: Path) -> str:
     return "".join(parts)
 
 
-def config_text(run_dir: Path | None, meta: BundleMeta) -> str:
+def config_text(run: RunFolder | None, meta: BundleMeta) -> str:
     """config.yaml as the run saved it; the bundle's copy of the config when the run folder is gone."""
-    if run_dir is not None and (run_dir / "config.yaml").is_file():
-        return (run_dir / "config.yaml").read_text()
+    if run is not None and run.file(CONFIG).is_file():
+        return run.file(CONFIG).read_text()
     config = meta.training.get("config")
     return yaml.safe_dump(config, sort_keys=False) if config else "(the bundle records no training config)"
 
@@ -125,13 +122,6 @@ def _cell(column: str, value: str) -> str:
 
 def _fact(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def _e(text: Any) -> str:

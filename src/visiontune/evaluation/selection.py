@@ -13,7 +13,6 @@ Either way the classes must be the bundle's, each with at least one image.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from visiontune.config import DataConfig, from_dict
 from visiontune.data.dataset import LabelledImages, load_data
 from visiontune.data.sources import Sample
 from visiontune.errors import ConfigError, DatasetError
+from visiontune.runs.folder import RunFolder, relative_to
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def select_images(
     *,
     classes: list[str],
     training: dict[str, Any],
-    run_dir: Path | None,
+    run: RunFolder | None,
     split: str | None = None,
     label_regex: str | None = None,
     progress: Callable[[int], None] | None = None,
@@ -55,16 +55,16 @@ def select_images(
 
     Example:
         >>> run = Path("runs/demo")  # doctest: +SKIP
-        >>> chosen = select_images("demo", classes=meta.classes, training=meta.training, run_dir=run)  # doctest: +SKIP
+        >>> chosen = select_images("demo", classes=meta.classes, training=meta.training, run=run)  # doctest: +SKIP
         >>> chosen.split, len(chosen.data.samples)  # doctest: +SKIP
     """
     data = load_data(source, _data_config(source, training, label_regex), check=False, progress=progress)
-    recorded = read_splits(run_dir, training.get("data_root")) if run_dir is not None else None
+    recorded = read_splits(run, training.get("data_root")) if run is not None else None
     keys = _keys(data, training.get("data_root"))
     if recorded is not None and any(key in recorded for key in keys.values()):
         selection = _from_run(data, keys, recorded, split, training)
     else:
-        _refuse_unsplit_training_data(data, training, run_dir)
+        _refuse_unsplit_training_data(data, training, run)
         selection = _from_other(data, split)
     check_classes(selection.data, classes)
     selection.data = dataclasses.replace(selection.data, classes=list(classes))
@@ -82,23 +82,10 @@ def _data_config(source: str | Path, training: dict[str, Any], label_regex: str 
     return dataclasses.replace(base, source=str(source), label_regex=regex, valid_pct=0.0, test_pct=0.0, sample=1.0)
 
 
-def read_splits(run_dir: Path, data_root: str | None) -> dict[str, str] | None:
+def read_splits(run: RunFolder, data_root: str | None) -> dict[str, str] | None:
     """{path relative to the data root: split} from the run's splits.csv; None when the run has none."""
-    path = run_dir / "splits.csv"
-    if not path.is_file():
-        return None
-    root = Path(data_root) if data_root else None
-    with open(path, newline="") as handle:
-        return {_relative(Path(row["path"]), root): row["split"] for row in csv.DictReader(handle)}
-
-
-def _relative(path: Path, root: Path | None) -> str:
-    if root is not None:
-        try:
-            return path.relative_to(root).as_posix()
-        except ValueError:
-            pass
-    return path.as_posix()
+    rows = run.relative_splits(data_root)
+    return None if rows is None else {relative: split for relative, _, split in rows}
 
 
 def _keys(data: LabelledImages, data_root: str | None) -> dict[Path, str]:
@@ -108,7 +95,7 @@ def _keys(data: LabelledImages, data_root: str | None) -> dict[Path, str]:
         trained, given = Path(data_root).resolve(), data.root.resolve()
         if given != trained and given.is_relative_to(trained):
             prefix = given.relative_to(trained).as_posix() + "/"
-    return {s.path: prefix + _relative(s.path, data.root) for s in data.samples}
+    return {s.path: prefix + relative_to(s.path, data.root) for s in data.samples}
 
 
 def _from_run(
@@ -159,11 +146,11 @@ def _manifest(data: LabelledImages, keys: dict[Path, str], recorded: dict[str, s
     return dataclasses.replace(data, samples=assigned).manifest_hash()
 
 
-def _refuse_unsplit_training_data(data: LabelledImages, training: dict[str, Any], run_dir: Path | None) -> None:
+def _refuse_unsplit_training_data(data: LabelledImages, training: dict[str, Any], run: RunFolder | None) -> None:
     """DATA is where the model was trained, but no splits.csv says which images were held out."""
     root = training.get("data_root")
     if root and Path(root).is_dir() and Path(root).resolve() == data.root.resolve():
-        where = f"{run_dir} has no splits.csv" if run_dir is not None else "the bundle is not inside its run folder"
+        where = f"{run.path} has no splits.csv" if run is not None else "the bundle is not inside its run folder"
         raise DatasetError(
             f"{data.root} is the data this model was trained on, but {where} to tell the held-out images apart; "
             "give the run folder as MODEL"

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix
 
-from visiontune.evaluation.calibration import expected_calibration_error, unknown_scores, unknown_threshold
+from visiontune.calibration import Calibration, expected_calibration_error
 
 TOP_K = (3, 5)
 
@@ -99,19 +99,18 @@ def sample_losses(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -probs.double().gather(1, targets.long()[:, None]).squeeze(1).clamp_min(1e-12).log()
 
 
-def unknown_summary(logits: torch.Tensor, targets: torch.Tensor, calibration: dict[str, Any]) -> dict[str, Any]:
+def unknown_summary(logits: torch.Tensor, targets: torch.Tensor, calibration: Calibration) -> dict[str, Any]:
     """How the bundle's "unknown" threshold treats these labelled images: the share it would withhold.
 
     `accuracy_answered` is the accuracy on the images above the threshold, the ones predict answers.
     """
-    name, threshold = unknown_threshold(calibration)
-    result: dict[str, Any] = {"score": name, "threshold": threshold}
+    threshold = calibration.threshold()
+    result: dict[str, Any] = {"score": calibration.score, "threshold": threshold}
     if threshold is None:
         result["note"] = "the bundle stores no unknown threshold (it predates calibration, or had nothing to fit on)"
         return result
-    scores = unknown_scores(logits.float(), temperature=float(calibration.get("temperature", 1.0)), score=name)
-    answered = scores >= threshold
+    answered = ~calibration.is_unknown(logits)
     correct = logits.argmax(dim=1) == targets
-    result["flagged"] = float((~answered).double().mean()) if len(scores) else float("nan")
+    result["flagged"] = float((~answered).double().mean()) if len(answered) else float("nan")
     result["accuracy_answered"] = float(correct[answered].double().mean()) if answered.any() else float("nan")
     return result

@@ -8,24 +8,19 @@ Example:
 from __future__ import annotations
 
 from visiontune.experiments.compare import Comparison, compare_runs, config_differences
-from visiontune.experiments.runs import RunSummary, find_runs, read_run, sort_runs
 from visiontune.experiments.space import Range, SearchSpace, apply_params, parse_grid, suggest_params
 from visiontune.experiments.tune import TuneConfig, TuneResult, tune
 
 __all__ = [
     "Comparison",
     "Range",
-    "RunSummary",
     "SearchSpace",
     "TuneConfig",
     "TuneResult",
     "apply_params",
     "compare_runs",
     "config_differences",
-    "find_runs",
     "parse_grid",
-    "read_run",
-    "sort_runs",
     "suggest_params",
     "tune",
 ]

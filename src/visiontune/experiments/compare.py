@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from visiontune.errors import ConfigError
-from visiontune.experiments.runs import RunSummary, read_metrics, read_run
+from visiontune.experiments.charts import plot_learning_curves
+from visiontune.runs.folder import RunFolder
+from visiontune.runs.summary import RunSummary, read_run
 
 IGNORED_KEYS = ("out", "name")  # where a run was written is not a difference in what it did
 
@@ -37,15 +37,13 @@ def compare_runs(paths: list[str | Path], *, out: str | Path = "compare.png") ->
     """
     if len(paths) < 2:
         raise ConfigError(f"runs compare needs two or more run folders. Received: {len(paths)}")
-    folders = [Path(p) for p in paths]
+    folders = [RunFolder(p) for p in paths]
     for folder in folders:
-        if not (folder / "config.yaml").is_file():
-            raise ConfigError(f"{folder}: not a run folder (no config.yaml); `visiontune runs DIR` lists them")
-    runs = [read_run(f, root=f.parent) for f in folders]
-    configs = [_flatten(yaml.safe_load((f / "config.yaml").read_text()) or {}) for f in folders]
-    from visiontune.experiments.figures import plot_learning_curves
-
-    curves = [(_label(run, runs), read_metrics(run.path), run) for run in runs]
+        if not folder.file("config.yaml").is_file():
+            raise ConfigError(f"{folder.path}: not a run folder (no config.yaml); `visiontune runs DIR` lists them")
+    runs = [read_run(f.path, root=f.path.parent) for f in folders]
+    configs = [_flatten(f.config().to_dict()) for f in folders]  # older layouts read as this release's
+    curves = [(_label(run, runs), RunFolder(run.path).epochs(), run) for run in runs]
     plot_learning_curves(curves, Path(out))
     return Comparison(runs, config_differences(configs), Path(out))
 

@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from visiontune.config import AUGMENT_PRESETS, RunConfig, check_choice
+from visiontune.config import AUGMENT_PRESETS, FeaturesConfig, RunConfig, check_choice
 from visiontune.errors import ConfigError
 
 PARAMS = ("method", "backbone", "image_size", "lr", "freeze_epochs", "label_smoothing", "augment", "rotation")
@@ -203,21 +203,21 @@ def suggest_params(trial: Any, space: SearchSpace, base: RunConfig) -> dict[str,
 def apply_params(base: RunConfig, params: dict[str, Any]) -> RunConfig:
     """The base config with a trial's settings in place (raises ConfigError for an invalid value).
 
-    Switching a features base to fine-tuning drops the features-only settings (heads, views, tta).
+    Switching a features base to fine-tuning drops the features settings (heads, views, tta).
     """
     unknown = set(params) - set(PARAMS)
     if unknown:
         raise ConfigError(f"unknown trial parameter(s): {', '.join(sorted(unknown))}")
-    model: dict[str, Any] = {}
+    config = base
     if "backbone" in params:
-        model["name"] = params["backbone"]
+        config = config.replace("model", backbone=params["backbone"])
     if "image_size" in params:
-        model["image_size"] = int(params["image_size"])
-    train = {k: v for k, v in params.items() if k in ("method", "lr", "label_smoothing", "augment", "rotation")}
+        config = config.replace("model", image_size=int(params["image_size"]))
+    train = {k: v for k, v in params.items() if k in ("method", "augment", "rotation")}
+    finetune = {k: v for k, v in params.items() if k in ("lr", "label_smoothing")}
     if "freeze_epochs" in params:
-        train["freeze_epochs"] = int(params["freeze_epochs"])
-    if train.get("method", base.train.method) != "features":
-        train.update(heads=(), views=1, tta=False)
-    return dataclasses.replace(
-        base, model=dataclasses.replace(base.model, **model), train=dataclasses.replace(base.train, **train)
-    )
+        finetune["freeze_epochs"] = int(params["freeze_epochs"])
+    config = config.replace("train", **train).replace("finetune", **finetune)
+    if config.train.method != "features":
+        config = dataclasses.replace(config, features=FeaturesConfig())  # a features base's settings mean nothing
+    return config

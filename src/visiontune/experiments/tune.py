@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import os
 import shutil
@@ -32,10 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visiontune.config import RunConfig, check_range, load_yaml
+from visiontune.config import RunConfig, check_range, get_monitor
 from visiontune.errors import ConfigError
-from visiontune.experiments.report import best_trial, study_monitor, trial_row, trial_rows, write_outputs
-from visiontune.experiments.runs import TRIAL_FILE, metric_key, read_metrics
+from visiontune.experiments.outputs import best_trial, study_monitor, trial_row, trial_rows, write_outputs
 from visiontune.experiments.space import INT_PARAMS, PARAMS, Range, SearchSpace, apply_params, grid_size, suggest_params
 from visiontune.experiments.study import (
     ERROR,
@@ -47,8 +45,9 @@ from visiontune.experiments.study import (
     redact,
     storage_url,
 )
-from visiontune.io import atomic_write_json
+from visiontune.runs.folder import RunFolder
 from visiontune.training.callbacks import Callback
+from visiontune.training.pipeline import train
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,8 @@ class TuneConfig:
 
     @property
     def direction(self) -> str:
-        return "minimize" if self.base.train.monitor == "valid_loss" else "maximize"
+        monitor = self.base.train.monitor  # "auto" resolves to an accuracy: higher is better
+        return "maximize" if monitor == "auto" else get_monitor(monitor).direction
 
     def effective_space(self) -> SearchSpace:
         return SearchSpace.from_grid(self.grid) if self.grid else self.space
@@ -191,7 +191,7 @@ def validate(config: TuneConfig) -> None:
             params = {name: candidate, **({"method": "finetune"} if name in FINETUNE_ONLY else {})}
             apply_params(config.base, params)
     sizes = _candidates(space, "image_size") or [config.base.model.image_size]
-    for name in _candidates(space, "backbone") or [config.base.model.name]:
+    for name in _candidates(space, "backbone") or [config.base.model.backbone]:
         spec = get_backbone(name)
         if spec.offline_weights is not None and not spec.offline_weights.installed() and config.base.model.pretrained:
             raise ConfigError(
@@ -341,10 +341,11 @@ class OptunaPruning(Callback):
     def after_epoch(self, trainer: Any, metrics: dict[str, Any]) -> None:
         import optuna
 
-        epoch, value = int(metrics["epoch"]), float(metrics[trainer.monitor])
+        name = trainer.monitor.name
+        epoch, value = int(metrics["epoch"]), float(metrics[name])
         self.trial.report(value, epoch)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"epoch {epoch}: {trainer.monitor} {value:.4f}, below earlier trials' median")
+            raise optuna.TrialPruned(f"epoch {epoch}: {name} {value:.4f}, below earlier trials' median")
 
 
 def _objective(
@@ -372,23 +373,19 @@ def _objective(
 
 
 def _run_trial(trial: Any, run_config: RunConfig, callbacks: Sequence[Callback], config: TuneConfig) -> float:
-    from visiontune.training.run import train
-
     pruning = [OptunaPruning(trial)] if run_config.train.method != "features" else []
     log.info("trial %d: %s", trial.number, trial.params)
     result = train(run_config, callbacks=[*pruning, *callbacks])
     gc.collect()
-    monitor = str(_run_json(result.run_dir).get("monitor", "accuracy"))
-    value = float(result.metrics[metric_key(monitor)])
-    rows = read_metrics(result.run_dir)
-    epoch_times = _epoch_times(rows)
+    value = float(result.metrics[result.monitor.name])
+    epoch_times = _epoch_times(RunFolder(result.run_dir).epochs())
     attrs = {
-        "monitor": monitor,
+        "monitor": result.monitor.name,
         "epoch_s": min(epoch_times) if epoch_times else None,
         "elapsed_s": result.elapsed_s,
         "best_epoch": result.best_epoch,
         "test_accuracy": result.metrics.get("test_accuracy"),
-        "config": load_yaml(result.run_dir / "config.yaml"),
+        "config": result.config.to_dict(),
     }
     for key, attr in attrs.items():
         trial.set_user_attr(key, attr)
@@ -411,14 +408,9 @@ def _finish_trial_folder(trial: Any, run_dir: Path, state: str, value: float | N
     """trial.json (so `visiontune runs` can tell a pruned trial from a stopped run); checkpoints dropped."""
     if not run_dir.is_dir():
         return
-    atomic_write_json(
-        run_dir / TRIAL_FILE,
-        {"study": config.study_name, "number": trial.number, "state": state, "value": value, "params": trial.params},
+    run = RunFolder(run_dir)
+    run.write_trial(
+        {"study": config.study_name, "number": trial.number, "state": state, "value": value, "params": trial.params}
     )
     if not config.keep_checkpoints:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-
-
-def _run_json(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+        shutil.rmtree(run.checkpoints_dir, ignore_errors=True)

@@ -8,7 +8,6 @@ still test the numbers, though not the accuracy.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from visiontune.data.images import open_image
 from visiontune.data.transforms import normalize_batch, pixel_transform
 from visiontune.errors import DatasetError
 from visiontune.predict import Predictor
+from visiontune.runs.folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -69,36 +69,21 @@ def split_images(
     folder: Path, meta: BundleMeta, *, data: Path | None, split: str, limit: int | None = None
 ) -> CheckImages | None:
     """The images splits.csv assigned to `split`, spread over the list when `limit` is given; None if none exist."""
-    splits = folder.parent / "splits.csv"
-    if not splits.is_file():
+    found = RunFolder(folder.parent).split_files(split, data_root=meta.training.get("data_root"), data=data)
+    if not found:
         return None
-    root = meta.training.get("data_root")
-    with open(splits, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get("split") == split and r.get("label") in meta.classes]
+    rows = [(path, label) for path, label in found if label in meta.classes]
     if limit is not None and len(rows) > limit:
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).round().astype(int)]  # every class, in order
-    located = [(_locate(Path(r["path"]), root, data), meta.classes.index(r["label"])) for r in rows]
-    present = [(path, label) for path, label in located if path is not None]
+    present = [(path, meta.classes.index(label)) for path, label in rows if path is not None]
     if not present:
         return None
-    if len(present) < len(located):
-        log.warning("%d of the run's %s images are missing and not scored", len(located) - len(present), split)
-    where = data or root
+    if len(present) < len(rows):
+        log.warning("%d of the run's %s images are missing and not scored", len(rows) - len(present), split)
+    where = data or meta.training.get("data_root")
     return CheckImages(
         [p for p, _ in present], [y for _, y in present], f"the run's {split} split ({len(present)} images in {where})"
     )
-
-
-def _locate(recorded: Path, root: str | None, data: Path | None) -> Path | None:
-    """Where a splits.csv path is now: under `data` in place of the recorded root, or where it was."""
-    if data is not None:
-        try:
-            relative = recorded.relative_to(root) if root else recorded
-        except ValueError:
-            relative = recorded
-        candidate = data / relative
-        return candidate if candidate.is_file() else None
-    return recorded if recorded.is_file() else None
 
 
 def compare(reference: Predictor, candidate: Predictor, images: CheckImages) -> Comparison:

@@ -24,11 +24,20 @@ from pathlib import Path
 
 import torch
 
-from visiontune import __version__
-from visiontune.bundle import BundleMeta, load_bundle, resolve_bundle_path
-from visiontune.errors import ConfigError, MissingPackageError, ModelError
+from visiontune.bundle import BundleMeta, load_bundle, read_meta, resolve_bundle_path
+from visiontune.data.fileinfo import default_cache_path
+from visiontune.errors import BundleError, ConfigError, MissingPackageError, ModelError
 from visiontune.io import atomic_path
-from visiontune.predict.onnx_backend import INPUT_NAME, ONNX_FORMAT, OUTPUT_NAME, weights_sha256
+from visiontune.predict.onnx_backend import (
+    INPUT_NAME,
+    ONNX_FILE,
+    ONNX_FORMAT,
+    OUTPUT_NAME,
+    OnnxModel,
+    meta_from_onnx,
+    weights_sha256,
+)
+from visiontune.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +107,7 @@ def metadata(meta: BundleMeta, *, weights: str | None = None) -> dict[str, str]:
         "visiontune.version": __version__,
         "classes": json.dumps(meta.classes),
         "preprocessing": json.dumps(meta.preprocessing.to_dict()),
-        "calibration": json.dumps(meta.calibration),
+        "calibration": json.dumps(meta.calibration.to_dict()),
         "arch": json.dumps(meta.arch),
         "metrics": json.dumps(meta.metrics),
         "input": f"{INPUT_NAME}: (batch, 3, H, W) float32 RGB in 0..1, normalised (x - mean) / std",
@@ -154,3 +163,33 @@ def _hint(meta: BundleMeta) -> str:
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def load_onnx(source: str | Path) -> tuple[OnnxModel, BundleMeta, str]:
+    """(model, metadata, name) from a .onnx file, or from a bundle / run folder (its graph, exported if need be)."""
+    path = Path(source)
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise BundleError(f"{path}: no such ONNX file; create it with `visiontune export MODEL --out {path}`")
+        model = OnnxModel(path)
+        return model, meta_from_onnx(model), str(path)
+    folder = resolve_bundle_path(path)
+    return _model_for(folder), read_meta(folder), str(folder)  # bundle.json stays the truth (e.g. recalibrated)
+
+
+def _model_for(folder: Path) -> OnnxModel:
+    """The bundle's model.onnx when it holds these weights; else a cached export (made once, then reused)."""
+    digest = weights_sha256(folder)
+    cached = default_cache_path().parent / "onnx" / f"{digest[:32]}.onnx"
+    for graph in (folder / ONNX_FILE, cached):
+        if not graph.is_file():
+            continue
+        try:
+            model = OnnxModel(graph)
+        except BundleError:  # a broken file is exported again, not fatal
+            continue
+        if model.metadata.get("weights_sha256") == digest:
+            return model
+    log.warning("%s has no model.onnx for these weights: exporting one to %s", folder, cached)
+    export_bundle(folder, cached)
+    return OnnxModel(cached)

@@ -11,8 +11,8 @@ Example:
 from __future__ import annotations
 
 from visiontune.features.cache import FeatureCache, default_feature_dir, weights_digest
+from visiontune.features.classical import DEFAULT_HEADS, HEADS, HeadResult, best_head, fit_head, fit_heads, score
 from visiontune.features.extract import Extraction, View, extract_features, feature_recipe, hash_files
-from visiontune.features.heads import DEFAULT_HEADS, HEADS, HeadResult, best_head, fit_head, fit_heads, score
 
 __all__ = [
     "DEFAULT_HEADS",

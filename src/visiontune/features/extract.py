@@ -16,31 +16,30 @@ Larger machines and GPUs get worker processes, as `DataModule` gives them.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader
 
 from visiontune import config as cfg
 from visiontune.config import AugmentConfig
-from visiontune.data.datamodule import default_num_workers
-from visiontune.data.images import DEFAULT_MAX_PIXELS, open_image
-from visiontune.data.transforms import build_transform, normalize_batch, pixel_transform
-from visiontune.errors import ConfigError, DatasetError, ImageError
+from visiontune.data.images import DEFAULT_MAX_PIXELS
+from visiontune.data.loader import ImageItems
+from visiontune.data.transforms import build_transform, pixel_transform
+from visiontune.errors import ConfigError, DatasetError
 from visiontune.features.cache import FeatureCache, weights_digest
-from visiontune.models import Classifier
+from visiontune.inference import Inference
+from visiontune.models.classifier import Classifier
 from visiontune.models.fitted import embed
-from visiontune.system import available_cpus, inference_batch_size, library_versions
+from visiontune.system import available_cpus, library_versions
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +120,9 @@ def extract_features(
     hashes = list(hashes) if hashes is not None else hash_files(paths)
     if len(hashes) != len(paths):
         raise ValueError(f"{len(hashes)} hashes for {len(paths)} images")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.eval().to(device, memory_format=torch.channels_last)
-    batch_size = batch_size or default_batch_size(device)
+    runner = Inference.create(model, model.preprocessing, precision=precision)
     pool = pool or model.arch["pool"]
-    precision = _resolve_precision(precision, device)
-    store = _open_cache(cache, model, pool=pool, tta=tta, view=view, precision=precision)
+    store = _open_cache(cache, model, pool=pool, tta=tta, view=view, precision=runner.precision)
     unique = list(dict.fromkeys(hashes))  # exact duplicate files are embedded once
     vectors = _cached(store, unique)
     if progress and vectors:
@@ -135,17 +131,16 @@ def extract_features(
     todo = [h for h in unique if h not in vectors]
     repeats = Counter(hashes)
 
-    def forward(images: torch.Tensor) -> np.ndarray:
-        images = normalize_batch(images.to(device, non_blocking=True), model.preprocessing)
-        return embed(model, images, pool=pool, tta=tta).cpu().numpy()
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        return embed(model, images, pool=pool, tta=tta)
 
     def done(content_hash: str) -> None:
         if progress:
             progress(repeats[content_hash])
 
-    loader = _loader([first_path[h] for h in todo], todo, model, view, batch_size, num_workers, max_pixels, device)
-    with torch.inference_mode(), _autocast(precision, device):
-        fresh = _embed_files(loader, todo, forward, store, done)
+    dataset = _view_dataset([first_path[h] for h in todo], todo, model, view, max_pixels)
+    loader = runner.loader(dataset, batch_size=batch_size, num_workers=num_workers)
+    fresh = _embed_files(runner, loader, todo, forward, store, done)
     vectors.update(fresh)
     missing = [p for p, h in zip(paths, hashes, strict=True) if h not in vectors]
     if missing:
@@ -154,11 +149,6 @@ def extract_features(
     result = Extraction(features, len(fresh), len(unique) - len(todo), time.perf_counter() - started)
     log.info("features: %d extracted, %d from the cache, %.1f s", result.extracted, result.reused, result.seconds)
     return result
-
-
-def default_batch_size(device: torch.device) -> int:
-    """Images per forward pass: `inference_batch_size` for the device (small batches on a CPU)."""
-    return inference_batch_size(device.type)
 
 
 def hash_files(paths: Sequence[str]) -> list[str]:
@@ -206,91 +196,21 @@ def _open_cache(
     return FeatureCache(feature_recipe(model, pool=pool, tta=tta, view=view, precision=precision), root)
 
 
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    cfg.check_choice("precision", precision, cfg.PRECISIONS)
-    if precision != "auto":
-        return precision
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-# ---- the loop -----------------------------------------------------------------------------------
-
-
-class _Files(Dataset):
-    """(image tensor, position, sha256 of the bytes decoded) per file; None when it won't decode."""
-
-    def __init__(
-        self,
-        paths: list[str],
-        transform: Callable[[Any], torch.Tensor],
-        seeds: list[int] | None,
-        max_pixels: int,
-        draft: tuple[int, int],
-    ) -> None:
-        self.paths = np.array(paths)  # fixed-width unicode: nothing for worker processes to copy on access
-        self.seeds = np.array(seeds, dtype=np.int64) if seeds is not None else None
-        self.transform, self.max_pixels, self.draft = transform, max_pixels, draft
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor] | None:
-        path = str(self.paths[index])
-        try:
-            data = Path(path).read_bytes()
-            image = open_image(io.BytesIO(data), max_pixels=self.max_pixels, draft_size=self.draft)
-        except (OSError, ImageError) as exc:
-            log.warning("skipping %s: %s", path, getattr(exc, "reason", exc))
-            return None
-        if self.seeds is not None:
-            torch.manual_seed(int(self.seeds[index]))
-        digest = torch.tensor(list(hashlib.sha256(data).digest()), dtype=torch.uint8)
-        return self.transform(image), index, digest
-
-
-def _collate(batch: list[Any]) -> list[torch.Tensor] | None:
-    kept = [item for item in batch if item is not None]
-    return default_collate(kept) if kept else None
-
-
-def _loader(
-    paths: list[str],
-    hashes: list[str],
-    model: Classifier,
-    view: View,
-    batch_size: int,
-    num_workers: int | None,
-    max_pixels: int,
-    device: torch.device,
-) -> DataLoader:
+def _view_dataset(paths: list[str], hashes: list[str], model: Classifier, view: View, max_pixels: int) -> ImageItems:
+    """The files as the model sees them: plain (uint8 pixels), or augmented view `view.index`, seeded per file."""
     pre = model.preprocessing
-    transform = build_transform(pre, train=view.index > 0, augment=view.augment) if view.index else pixel_transform(pre)
+    transform = build_transform(pre, train=True, augment=view.augment) if view.index else pixel_transform(pre)
     seeds = [view.seed_for(h) for h in hashes] if view.index > 0 else None
     height, width = pre.image_size
-    dataset = _Files(paths, transform, seeds, max_pixels, draft=(2 * width, 2 * height))  # as DataModule does
-    workers = default_num_workers(gpu=device.type == "cuda") if num_workers is None else num_workers
-    workers = min(workers, max(0, len(paths) // batch_size))  # no process start-up for a handful of images
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers > 0 else None,
-        collate_fn=_collate,
-    )
-
-
-def _autocast(precision: str, device: torch.device) -> Any:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    return ImageItems(paths, transform, max_pixels=max_pixels, draft_size=(2 * width, 2 * height), seeds=seeds,
+                      digest=True)  # fmt: skip
 
 
 def _embed_files(
+    runner: Inference,
     loader: DataLoader,
     todo: list[str],
-    forward: Callable[[torch.Tensor], np.ndarray],
+    forward: Callable[[torch.Tensor], torch.Tensor],
     store: FeatureCache | None,
     done: Callable[[str], None],
 ) -> dict[str, np.ndarray]:
@@ -301,14 +221,14 @@ def _embed_files(
     """
     fresh: dict[str, np.ndarray] = {}
     pending: list[tuple[str, np.ndarray]] = []
-    for batch in loader:
-        if batch is None:
+    for batch, vectors in runner.batches(loader, forward=forward):
+        if vectors is None:
             continue
-        images, positions, digests = batch
-        for position, digest, vector in zip(positions.tolist(), digests.numpy(), forward(images), strict=True):
-            expected, actual = todo[position], digest.tobytes().hex()
+        assert batch.digests is not None  # the dataset hashes what it decodes
+        for position, actual, vector in zip(batch.indices.tolist(), batch.digests, vectors.numpy(), strict=True):
+            expected = todo[position]
             if actual != expected:
-                log.warning("%s changed since the data scan; using its current content", loader.dataset.paths[position])
+                log.warning("%s changed since the data scan; using its current content", loader.dataset.path(position))
             fresh[expected] = vector
             pending.append((actual, vector))
             done(expected)

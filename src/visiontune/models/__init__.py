@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 from visiontune.models.classifier import Classifier, build_backbone, create_classifier
 from visiontune.models.fitted import FeatureClassifier, FittedHead, fitted_head
 from visiontune.models.heads import POOLS, ClassifierHead, pool_features
@@ -34,6 +36,7 @@ __all__ = [
     "OfflineWeights",
     "SmallCNN",
     "build_backbone",
+    "build_model",
     "create_classifier",
     "create_timm_model",
     "fitted_head",
@@ -47,3 +50,14 @@ __all__ = [
     "register_backbone",
     "rename_efficientnet_pytorch",
 ]
+
+
+def build_model(arch: dict[str, Any]) -> Classifier:
+    """The module a bundle's `arch` describes, randomly initialised, ready for `load_state_dict`.
+
+    A classical head fitted on frozen features (method="features") rebuilds as a FeatureClassifier,
+    anything else as a Classifier.
+    """
+    if "fitted_head" in arch:
+        return FeatureClassifier.from_arch(arch)
+    return Classifier.from_arch(arch)

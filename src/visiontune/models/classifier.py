@@ -55,11 +55,12 @@ class Classifier(nn.Module):
 
     @classmethod
     def from_arch(cls, arch: dict[str, Any]) -> Classifier:
-        """The same module as when `arch` was saved, randomly initialised, ready for `load_state_dict`."""
-        if "fitted_head" in arch:  # a classical head fitted on frozen features (method="features")
-            from visiontune.models.fitted import FeatureClassifier
+        """The same module as when `arch` was saved, randomly initialised, ready for `load_state_dict`.
 
-            return FeatureClassifier.from_arch(arch)
+        `models.build_model` also rebuilds features bundles (a classical head on frozen features).
+        """
+        if "fitted_head" in arch:
+            raise ModelError("a features bundle's arch: rebuild it with visiontune.models.build_model")
         missing = [k for k in _ARCH_KEYS if k not in arch]
         if missing:
             raise ModelError(f"model arch lacks {', '.join(missing)}; was it written by visiontune?")
@@ -83,7 +84,7 @@ class Classifier(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, C, h, w) feature maps (token and NHWC outputs are reshaped)."""
-        return _as_feature_map(self.backbone(x), self.num_features, getattr(self.backbone, "num_prefix_tokens", 0))
+        return as_feature_map(self.backbone(x), self.num_features, getattr(self.backbone, "num_prefix_tokens", 0))
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, C, h, w) -> (B, num_classes) float32 logits, or the pooled (B, D) features with `pre_logits`."""
@@ -172,7 +173,7 @@ def _is_frozen(module: nn.Module) -> bool:
     return bool(params) and not any(p.requires_grad for p in params)
 
 
-def _as_feature_map(x: torch.Tensor, channels: int, prefix_tokens: int) -> torch.Tensor:
+def as_feature_map(x: torch.Tensor, channels: int, prefix_tokens: int) -> torch.Tensor:
     """Backbone output -> (B, C, h, w): NCHW as is, NHWC (Swin) permuted, ViT tokens laid on their grid."""
     if x.ndim == 4 and x.shape[1] == channels:
         return x

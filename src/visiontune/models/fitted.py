@@ -6,7 +6,7 @@ fitted head is re-expressed here as a torch module whose learned arrays are buff
 
 - a bundle stores them in model.safetensors beside the backbone: no pickle, and no scikit-learn
   needed (or trusted) to predict;
-- `Classifier.from_arch` rebuilds the module from `arch["fitted_head"]` (its kind and shapes);
+- `models.build_model` rebuilds the module from `arch["fitted_head"]` (its kind and shapes);
 - the result maps images to logits like any other Classifier: predict, evaluate, export and
   serve need no special case, and the same code computes the validation scores and the bundle's.
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from visiontune.bundle import WEIGHTS_FILE, BundleMeta, read_meta, resolve_bundle_path
-from visiontune.data.fileinfo import default_cache_path
+from visiontune.bundle import WEIGHTS_FILE, BundleMeta
+from visiontune.calibration import Calibration
 from visiontune.data.transforms import Preprocessing
 from visiontune.errors import BundleError, MissingPackageError
 from visiontune.system import available_cpus
@@ -96,7 +96,7 @@ def meta_from_onnx(model: OnnxModel) -> BundleMeta:
             classes=list(values["classes"]),
             preprocessing=Preprocessing.from_dict(values["preprocessing"]),
             metrics=values["metrics"],
-            calibration=values["calibration"],
+            calibration=Calibration.from_dict(values["calibration"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{model.path}: incomplete visiontune metadata ({exc}); export the model again") from exc
@@ -109,35 +109,3 @@ def weights_sha256(bundle: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def load_onnx(source: str | Path) -> tuple[OnnxModel, BundleMeta, str]:
-    """(model, metadata, name) from a .onnx file, or from a bundle / run folder (its graph, exported if need be)."""
-    path = Path(source)
-    if path.suffix.lower() == ".onnx":
-        if not path.is_file():
-            raise BundleError(f"{path}: no such ONNX file; create it with `visiontune export MODEL --out {path}`")
-        model = OnnxModel(path)
-        return model, meta_from_onnx(model), str(path)
-    folder = resolve_bundle_path(path)
-    return _model_for(folder), read_meta(folder), str(folder)  # bundle.json stays the truth (e.g. recalibrated)
-
-
-def _model_for(folder: Path) -> OnnxModel:
-    """The bundle's model.onnx when it holds these weights; else a cached export (made once, then reused)."""
-    digest = weights_sha256(folder)
-    cached = default_cache_path().parent / "onnx" / f"{digest[:32]}.onnx"
-    for graph in (folder / ONNX_FILE, cached):
-        if not graph.is_file():
-            continue
-        try:
-            model = OnnxModel(graph)
-        except BundleError:  # a broken file is exported again, not fatal
-            continue
-        if model.metadata.get("weights_sha256") == digest:
-            return model
-    from visiontune.export.onnx import export_bundle  # needs torch.onnx and the onnx package: only this once
-
-    log.warning("%s has no model.onnx for these weights: exporting one to %s", folder, cached)
-    export_bundle(folder, cached)
-    return OnnxModel(cached)

@@ -12,10 +12,8 @@ batches on a GPU; bench/predict_throughput.py compares it with a plain timm loop
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,20 +22,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from visiontune.bundle import BundleMeta, load_bundle, resolve_bundle_path
+from visiontune.calibration import Calibration
 from visiontune.config import check_choice
-from visiontune.data.images import DEFAULT_MAX_PIXELS, from_array, open_image, to_rgb
-from visiontune.data.transforms import Preprocessing, normalize_batch, pixel_transform
+from visiontune.data.images import DEFAULT_MAX_PIXELS
+from visiontune.data.loader import Batch, ImageInput, ImageItems
+from visiontune.data.transforms import Preprocessing, pixel_transform
 from visiontune.errors import BundleError, ConfigError, ImageError, ModelError
-from visiontune.evaluation.calibration import uncalibrated, unknown_scores, unknown_threshold
-from visiontune.system import available_cpus, inference_batch_size
+from visiontune.inference import Inference
 
 log = logging.getLogger(__name__)
 
-ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 TTA_ZOOM = 0.875  # the crop views keep this fraction of each side
 BACKENDS = ("torch", "onnx")
 
@@ -81,18 +78,16 @@ class Predictor:
         classes: Sequence[str],
         preprocessing: Preprocessing,
         *,
-        calibration: dict[str, Any] | None = None,
+        calibration: Calibration | None = None,
         meta: BundleMeta | None = None,
         device: str | torch.device = "auto",
         name: str = "",
     ) -> None:
-        self.device = resolve_device(device)
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
-        self.model.requires_grad_(False)
+        self.runner = Inference.create(model.requires_grad_(False), preprocessing, device=device)
+        self.model, self.device = self.runner.model, self.runner.device
         self.classes = list(classes)
         self.preprocessing = preprocessing
-        self.calibration = calibration if calibration is not None else uncalibrated()
-        self.temperature = float(self.calibration.get("temperature") or 1.0)
+        self.calibration = calibration if calibration is not None else Calibration()
         self.meta = meta
         self.name = name
         self._pixels = pixel_transform(preprocessing)
@@ -125,7 +120,7 @@ class Predictor:
 
     @classmethod
     def _onnx(cls, path: Path, device: str | torch.device) -> Predictor:
-        from visiontune.predict.onnx_backend import load_onnx
+        from visiontune.export.onnx import load_onnx  # a bundle without model.onnx is exported first
 
         if str(device) not in ("auto", "cpu"):
             raise ConfigError(f"the onnx backend runs on the CPU: use --device cpu or --backend torch (not {device})")
@@ -172,20 +167,20 @@ class Predictor:
         if topk < 1:
             raise ConfigError(f"`topk` must be at least 1. Received: topk={topk}")
         items = _as_list(images)
-        score_name, threshold = unknown_threshold(self.calibration, unknown_score)
-        threshold = threshold if unknown else None  # no threshold: never "unknown"
+        score = unknown_score or self.calibration.score
+        self.calibration.threshold(score)  # a bad score name fails before any work
         results: list[Prediction | None] = [None] * len(items)
-        for batch, positions, failures in self._batches(items, batch_size, num_workers, max_pixels):
-            for position, reason in failures:
+        for batch in self._batches(items, batch_size, num_workers, max_pixels):
+            for position, reason in batch.failures:
                 results[position] = Prediction(_path_of(items[position]), [], error=reason)
-            if batch is None:
-                continue
-            paths = [_path_of(items[position]) for position in positions]
-            ranked = self._rank(batch, paths, tta=tta, topk=topk, score_name=score_name, threshold=threshold)
-            for position, prediction in zip(positions, ranked, strict=True):
-                results[position] = prediction
+            if batch.pixels is not None:
+                positions = batch.indices.tolist()
+                paths = [_path_of(items[position]) for position in positions]
+                ranked = self._rank(batch.pixels, paths, tta=tta, topk=topk, score=score, unknown=unknown)
+                for position, prediction in zip(positions, ranked, strict=True):
+                    results[position] = prediction
             if on_batch:
-                on_batch(len(positions) + len(failures))
+                on_batch(len(batch) + len(batch.failures))
         return [r for r in results if r is not None]
 
     def predict_pixels(
@@ -198,9 +193,8 @@ class Predictor:
         """
         if topk < 1:
             raise ConfigError(f"`topk` must be at least 1. Received: topk={topk}")
-        score_name, threshold = unknown_threshold(self.calibration, unknown_score)
-        threshold = threshold if unknown else None
-        return self._rank(pixels, [None] * len(pixels), topk=topk, score_name=score_name, threshold=threshold)
+        score = unknown_score or self.calibration.score
+        return self._rank(pixels, [None] * len(pixels), topk=topk, score=score, unknown=unknown)
 
     def _rank(
         self,
@@ -208,13 +202,15 @@ class Predictor:
         paths: list[str | None],
         *,
         topk: int,
-        score_name: str,
-        threshold: float | None,
+        score: str,
+        unknown: bool,
         tta: bool = False,
     ) -> list[Prediction]:
-        """One forward pass: calibrated top-k per row, flagged unknown below `threshold` (never when None)."""
+        """One forward pass: calibrated top-k per row, flagged unknown below the calibrated threshold of `score`."""
         logits, probs = self._calibrated(pixels, tta=tta)
-        scores = _scores(logits, probs, self.temperature, score_name)
+        # MSP from the (view-averaged) probabilities; other scores from the (averaged) logits
+        scores = probs.max(dim=1).values if score == "msp" else self.calibration.scores(logits, score)
+        flags = self.calibration.flag(scores, score) if unknown else torch.zeros(len(scores), dtype=torch.bool)
         top_p, top_i = probs.topk(min(topk, self.num_classes), dim=1)
         results = []
         for row, path in enumerate(paths):
@@ -222,79 +218,53 @@ class Predictor:
                 {"label": self.classes[i], "probability": round(float(p), 6)}
                 for p, i in zip(top_p[row].tolist(), top_i[row].tolist(), strict=True)
             ]
-            flagged = threshold is not None and float(scores[row]) < threshold
-            results.append(Prediction(path, ranked, flagged, None, float(scores[row])))
+            results.append(Prediction(path, ranked, bool(flags[row]), None, float(scores[row])))
         return results
 
     def predict_proba(self, images: ImageInput | Iterable[ImageInput], *, tta: bool = False) -> np.ndarray:
         """(N, K) calibrated class probabilities; raises ImageError on the first input that can't be read."""
         items = _as_list(images)
         out = np.zeros((len(items), self.num_classes), dtype=np.float32)
-        for batch, positions, failures in self._batches(items, None, None, DEFAULT_MAX_PIXELS):
-            if failures:
-                position, reason = failures[0]
+        for batch in self._batches(items, None, None, DEFAULT_MAX_PIXELS):
+            if batch.failures:
+                position, reason = batch.failures[0]
                 raise ImageError(_path_of(items[position]) or f"input {position}", reason)
-            if batch is not None:
-                out[positions] = self._calibrated(batch, tta=tta)[1].numpy()
+            if batch.pixels is not None:
+                out[batch.indices.numpy()] = self._calibrated(batch.pixels, tta=tta)[1].numpy()
         return out
 
     def _calibrated(self, pixels: torch.Tensor, *, tta: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, temperature-scaled probabilities) per input; with `tta` both averaged over the four views."""
         logits = self.logits(pixels, tta=tta)
-        probs = (logits / self.temperature).softmax(dim=1)
+        probs = self.calibration.probabilities(logits)
         if tta:
             probs = probs.view(4, -1, probs.shape[1]).mean(0)
             logits = logits.view(4, -1, logits.shape[1]).mean(0)
         return logits, probs
 
-    @torch.inference_mode()
     def logits(self, pixels: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
         """Float32 logits on the CPU for a (B, H, W, 3) uint8 batch at model size (4B rows with `tta`)."""
-        images = normalize_batch(pixels.to(self.device, non_blocking=True), self.preprocessing)
-        if tta:
-            images = torch.cat(tta_views(images))
-        with self._autocast():
-            return self.model(images.contiguous(memory_format=torch.channels_last)).float().cpu()
+        if not tta:
+            return self.runner(pixels)
+        return self.runner(pixels, forward=lambda images: self.model(torch.cat(tta_views(images))))
 
-    def _autocast(self) -> Any:
-        if self.device.type != "cuda":
-            return nullcontext()  # fp32 on a CPU: autocast there is slower for these models
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+    def dataset(self, items: Sequence[ImageInput], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageItems:
+        """`items` as the model's inputs: decoded, resized and cropped as the bundle's preprocessing says."""
+        height, width = self.preprocessing.image_size
+        # JPEGs decode at a reduced scale still twice the model size
+        return ImageItems(items, self._pixels, max_pixels=max_pixels, draft_size=(2 * width, 2 * height))
 
     def _batches(
         self, items: list[ImageInput], batch_size: int | None, num_workers: int | None, max_pixels: int
-    ) -> Iterable[tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]]:
-        size = batch_size or inference_batch_size(self.device.type)
-        dataset = _Inputs(items, self._pixels, max_pixels, self.preprocessing.image_size)
-        all_files = all(isinstance(i, str | Path) for i in items)
-        workers = _workers(num_workers, all_files, len(items), size, self.device)
-        loader = DataLoader(
-            dataset,
-            batch_size=size,
-            num_workers=workers,
-            collate_fn=_collate,
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if workers else None,
+    ) -> Iterable[Batch]:
+        yield from self.runner.loader(
+            self.dataset(items, max_pixels=max_pixels), batch_size=batch_size, num_workers=num_workers
         )
-        yield from loader
 
 
 def load(source: str | Path, *, device: str | torch.device = "auto", backend: str = "torch") -> Predictor:
     """`Predictor.load`: a bundle, a run folder, a backbone name or an exported .onnx file, ready to predict."""
     return Predictor.load(source, device=device, backend=backend)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
-    return resolved
 
 
 def tta_views(images: torch.Tensor) -> list[torch.Tensor]:
@@ -318,80 +288,3 @@ def _as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
 
 def _path_of(item: ImageInput) -> str | None:
     return str(item) if isinstance(item, str | Path) else None
-
-
-class _Inputs(Dataset):
-    """(uint8 (H, W, 3) pixels, position) per input, or (None, position, reason) when it can't be read."""
-
-    def __init__(
-        self, items: list[ImageInput], pixels: Callable[[Any], torch.Tensor], max_pixels: int, size: tuple[int, int]
-    ) -> None:
-        self.items, self.pixels, self.max_pixels = items, pixels, max_pixels
-        self.draft = (2 * size[1], 2 * size[0])  # JPEGs decode at a reduced scale still twice the model size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str | None]:
-        try:
-            return self.pixels(self._image(self.items[index])), index, None
-        except ImageError as exc:
-            return None, index, exc.reason
-        except OSError as exc:
-            return None, index, exc.strerror or str(exc)
-
-    def _image(self, item: ImageInput) -> Image.Image:
-        if isinstance(item, str | Path):
-            path = Path(item)
-            if not path.exists():
-                raise ImageError(path, "no such file")
-            if path.is_dir():
-                raise ImageError(path, "is a folder; give image files, or the folder to predict on each image in it")
-            data = path.read_bytes()
-            return open_image(io.BytesIO(data), max_pixels=self.max_pixels, draft_size=self.draft)
-        if isinstance(item, Image.Image):
-            return to_rgb(item)
-        if isinstance(item, np.ndarray):
-            return from_array(item)
-        if isinstance(item, torch.Tensor):
-            return _tensor_image(item)
-        raise ImageError("<input>", f"can't read a {type(item).__name__}; give a path, PIL image, array or tensor")
-
-
-def _tensor_image(tensor: torch.Tensor) -> Image.Image:
-    """A (3, H, W) or (1, H, W) tensor (uint8 0..255 or float 0..1, torchvision's layout) or an (H, W) one."""
-    tensor = tensor.detach().cpu()
-    if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4):
-        tensor = tensor.permute(1, 2, 0)
-    return from_array(tensor.numpy())
-
-
-def _collate(
-    batch: list[tuple[torch.Tensor | None, int, str | None]],
-) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
-    ok = [(pixels, index) for pixels, index, _ in batch if pixels is not None]
-    failed = [(index, reason or "can't be read") for pixels, index, reason in batch if pixels is None]
-    if not ok:
-        return None, [], failed
-    return torch.stack([p for p, _ in ok]), [i for _, i in ok], failed
-
-
-def _workers(requested: int | None, all_files: bool, count: int, batch: int, device: torch.device) -> int:
-    """Decoding processes: none for in-memory inputs or a few files; on a GPU machine, most of the cores.
-
-    On a CPU the forward pass already uses every core; a decoding process took cycles from it
-    rather than filling idle ones (measured for feature extraction, the same loop).
-    """
-    if requested is not None:
-        return requested if all_files else 0
-    if not all_files or count < 4 * batch:
-        return 0
-    cpus = available_cpus()
-    return min(8, cpus - 1) if device.type == "cuda" else (0 if cpus <= 4 else min(8, cpus // 4))
-
-
-def _scores(logits: torch.Tensor, probs: torch.Tensor, temperature: float, score: str) -> torch.Tensor:
-    """The unknown score per input, MSP from the (view-averaged) probabilities; `unknown_threshold` checked `score`."""
-    if score == "msp":
-        return probs.max(dim=1).values
-    return unknown_scores(logits, temperature=temperature, score=score)

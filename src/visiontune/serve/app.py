@@ -35,16 +35,15 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from visiontune import __version__
 from visiontune.config import check_choice, check_range
 from visiontune.data.transforms import pixel_transform
 from visiontune.errors import ImageError, ImageTooLargeError, VisiontuneError
-from visiontune.evaluation.calibration import unknown_threshold
 from visiontune.io import json_safe
 from visiontune.predict.onnx_backend import OnnxModel
 from visiontune.predict.predictor import BACKENDS, Prediction, Predictor
 from visiontune.serve.batching import DynamicBatcher
 from visiontune.serve.uploads import BodyLimit, decode_base64, decode_upload
+from visiontune.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,8 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         predictor, meta = self.predictor, self.predictor.meta
-        score, threshold = unknown_threshold(predictor.calibration)
+        calibration = predictor.calibration
+        score, threshold = calibration.score, calibration.threshold()
         return json_safe(
             {
                 "model": predictor.name,
@@ -184,7 +184,7 @@ class Service:
                 "image_size": list(predictor.preprocessing.image_size),
                 "preprocessing": predictor.preprocessing.to_dict(),
                 "metrics": meta.metrics if meta else {},
-                "calibration": {"temperature": predictor.temperature, "unknown_score": score, "threshold": threshold},
+                "calibration": {"temperature": calibration.temperature, "unknown_score": score, "threshold": threshold},
                 "topk": self.config.topk,
                 "limits": {
                     "max_upload_mb": self.config.max_upload_mb,

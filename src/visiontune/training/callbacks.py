@@ -7,15 +7,16 @@ Only the main process writes files: callbacks that write check `trainer.is_main`
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from visiontune.io import atomic_write_text
+import torch
+
+from visiontune.config import Monitor
+from visiontune.plots import plot_history
+from visiontune.runs.folder import HISTORY, LEGACY_COLUMNS, TENSORBOARD, RunFolder
+from visiontune.training.schedule import LRFinderResult, smooth, suggest_lr
 
 if TYPE_CHECKING:
     from visiontune.training.trainer import Trainer
@@ -27,9 +28,10 @@ EPOCH_FIELDS = (
     "phase",
     "train_loss",
     "valid_loss",
-    "accuracy",
-    "balanced_accuracy",
-    "error_rate",
+    "valid_accuracy",
+    "valid_balanced_accuracy",
+    "valid_error_rate",
+    "valid_macro_f1",
     "lr",
     "time_s",
     "images_per_s",
@@ -65,73 +67,55 @@ class Callback:
         """Restore what state_dict() returned."""
 
 
-def monitor_better(monitor: str, value: float, best: float | None) -> bool:
-    """Loss goes down, accuracies go up."""
-    if best is None or math.isnan(best):
-        return not math.isnan(value)
-    return value < best if monitor.endswith("loss") else value > best
-
-
 class MetricsLogger(Callback):
     """metrics.csv (one row per epoch) and metrics.jsonl, rewritten atomically after each epoch."""
 
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
+    def __init__(self, run: RunFolder) -> None:
+        self.run = run
         self.rows: list[dict[str, Any]] = []
 
     def after_epoch(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         self.rows.append({k: metrics.get(k) for k in EPOCH_FIELDS})
-        if not trainer.is_main:
-            return
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=EPOCH_FIELDS)
-        writer.writeheader()
-        writer.writerows({k: _fmt(v) for k, v in row.items()} for row in self.rows)
-        atomic_write_text(self.out_dir / "metrics.csv", buffer.getvalue())
-        atomic_write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
+        if trainer.is_main:
+            self.run.write_epochs(self.rows, EPOCH_FIELDS)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rows = list(state.get("rows", []))
-
-
-def _fmt(value: Any) -> Any:
-    return f"{value:.6g}" if isinstance(value, float) else value
+        rows = state.get("rows", [])  # checkpoints of earlier releases name the columns without their split
+        self.rows = [{LEGACY_COLUMNS.get(k, k): v for k, v in row.items()} for row in rows]
 
 
 class HistoryPlot(Callback):
     """history.png: loss and accuracy curves, redrawn after each epoch."""
 
-    def __init__(self, out_dir: Path, logger: MetricsLogger) -> None:
-        self.out_dir, self.logger = out_dir, logger
+    def __init__(self, run: RunFolder, logger: MetricsLogger) -> None:
+        self.run, self.logger = run, logger
 
     def after_epoch(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if trainer.is_main:
-            from visiontune.evaluation.plots import plot_history
-
-            plot_history(self.logger.rows, self.out_dir / "history.png")
+            plot_history(self.logger.rows, self.run.file(HISTORY))
 
 
 class Checkpointer(Callback):
     """checkpoints/last.safetensors after every epoch; best.safetensors when the monitored metric improves."""
 
-    def __init__(self, out_dir: Path, monitor: str) -> None:
-        self.dir = out_dir / "checkpoints"
+    def __init__(self, run: RunFolder, monitor: Monitor) -> None:
+        self.run = run
         self.monitor = monitor
         self.best: float | None = None
         self.best_epoch: int | None = None
 
     def after_epoch(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        value = float(metrics[self.monitor])
-        improved = monitor_better(self.monitor, value, self.best)
+        value = float(metrics[self.monitor.name])
+        improved = self.monitor.better(value, self.best)
         if improved:
             self.best, self.best_epoch = value, int(metrics["epoch"])
         if trainer.is_main:
             if improved:
-                trainer.save_checkpoint(self.dir / "best.safetensors", weights_only=True)
-            trainer.save_checkpoint(self.dir / "last.safetensors")
+                trainer.save_checkpoint(self.run.checkpoint("best"), weights_only=True)
+            trainer.save_checkpoint(self.run.checkpoint("last"))
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}
@@ -143,19 +127,19 @@ class Checkpointer(Callback):
 class EarlyStopping(Callback):
     """Stop when the monitored metric has not improved for `patience` epochs."""
 
-    def __init__(self, monitor: str, patience: int) -> None:
+    def __init__(self, monitor: Monitor, patience: int) -> None:
         self.monitor, self.patience = monitor, patience
         self.best: float | None = None
         self.waited = 0
 
     def after_epoch(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        value = float(metrics[self.monitor])
-        if monitor_better(self.monitor, value, self.best):
+        value = float(metrics[self.monitor.name])
+        if self.monitor.better(value, self.best):
             self.best, self.waited = value, 0
             return
         self.waited += 1
         if self.waited >= self.patience:
-            log.warning("early stop: %s has not improved for %d epochs", self.monitor, self.patience)
+            log.warning("early stop: %s has not improved for %d epochs", self.monitor.name, self.patience)
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
@@ -168,8 +152,8 @@ class EarlyStopping(Callback):
 class TensorBoardLogger(Callback):
     """Epoch metrics as TensorBoard scalars, when the `tensorboard` package is installed."""
 
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
+    def __init__(self, run: RunFolder) -> None:
+        self.run = run
         self.writer: Any = None
 
     @staticmethod
@@ -184,7 +168,7 @@ class TensorBoardLogger(Callback):
         if trainer.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(self.run.file(TENSORBOARD)))
 
     def after_epoch(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if self.writer is not None:
@@ -196,3 +180,29 @@ class TensorBoardLogger(Callback):
     def after_fit(self, trainer: Trainer) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class LRFinder(Callback):
+    """Records the loss at each step of the range test and stops it once the loss blows up.
+
+    The trainer runs a `lr_find` phase (exponential ramp) with this as its only callback; the
+    losses are averaged over processes so every rank stops at the same step.
+    """
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+
+    def after_batch(self, trainer: Trainer, loss: float, batch_size: int) -> None:
+        value = float(trainer.accelerator.reduce(torch.tensor(loss, device=trainer.device), reduction="mean"))
+        self.lrs.append(max(group["lr"] for group in trainer.optimizer.param_groups))  # the rate this batch used
+        self.losses.append(value)
+        smoothed = smooth(self.losses)
+        diverged = not math.isfinite(value) or (len(smoothed) > 11 and smoothed[-1] > 4 * min(smoothed))
+        if diverged or trainer.step >= self.steps:
+            trainer.should_stop = True
+
+    def result(self) -> LRFinderResult:
+        smoothed = smooth(self.losses)
+        return LRFinderResult(self.lrs, smoothed, suggest_lr(self.lrs, smoothed))

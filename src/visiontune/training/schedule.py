@@ -30,6 +30,17 @@ class OneCycle:
         return _cos_between(1.0, 1.0 / (self.div * self.final_div), min(1.0, (step - warm) / rest))
 
 
+@dataclass(frozen=True)
+class Ramp:
+    """LR multiplier rising exponentially from `low` to 1 over `total` steps: the range test's sweep."""
+
+    low: float
+    total: int
+
+    def factor(self, step: int) -> float:
+        return self.low ** (1 - min(step, self.total - 1) / max(1, self.total - 1))
+
+
 def _cos_between(start: float, end: float, fraction: float) -> float:
     return end + (start - end) * (1 + math.cos(math.pi * fraction)) / 2
 
@@ -50,7 +61,7 @@ class LRFinderResult:
     suggestion: float
 
     def plot(self, path: str) -> None:
-        from visiontune.evaluation.plots import plot_lr_find
+        from visiontune.plots import plot_lr_find
 
         plot_lr_find(self, path)
 

@@ -2,7 +2,9 @@
 
 `fine_tune` is fastai's recipe: a few epochs with the backbone frozen (only the new head learns,
 BatchNorm statistics kept), then everything unfrozen with discriminative learning rates (early
-layers learn ~100x slower) on a one-cycle schedule. `fit` is one phase, for scratch models.
+layers learn ~100x slower) on a one-cycle schedule. `fit` is one phase, for scratch models, and
+`lr_find` is a phase too: the same loop with an exponential ramp and the `LRFinder` callback.
+Validation goes through `inference.Inference`, the path evaluate and predict use.
 Everything that changes between steps is a function of (seed, epoch, step), so a run resumed from
 its last checkpoint ends exactly where an uninterrupted one would.
 """
@@ -24,14 +26,16 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torchvision.transforms import v2
 
-from visiontune.config import TrainConfig
+from visiontune.config import FinetuneConfig, Monitor, get_monitor
 from visiontune.data.datamodule import DataModule
+from visiontune.data.loader import Batch, log_failures
 from visiontune.data.samplers import item_seed
 from visiontune.evaluation.metrics import classification_metrics
-from visiontune.training.callbacks import Callback
+from visiontune.inference import Inference, Scored, resolve_precision
+from visiontune.training.callbacks import Callback, LRFinder
 from visiontune.training.checkpoint import Checkpoint, capture_rng, restore_rng, save_checkpoint
 from visiontune.training.ema import ModelEMA
-from visiontune.training.schedule import LRFinderResult, OneCycle, apply_lr, smooth, suggest_lr
+from visiontune.training.schedule import LRFinderResult, OneCycle, Ramp, apply_lr
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +44,23 @@ log = logging.getLogger(__name__)
 class Phase:
     """One one-cycle run over `epochs`: which layers learn and at which peak rate."""
 
-    name: str  # "frozen", "unfrozen" or "fit"
+    name: str  # "frozen", "unfrozen", "fit" or "lr_find"
     epochs: int
     lr: float  # peak rate of the head; earlier layer groups get down to lr / lr_ratio
     lr_ratio: float = 1.0
     pct_start: float = 0.25
     div: float = 25.0
     unfreeze_top: int | None = None  # for "unfrozen": None = all layers
+    frozen: bool = False  # only the head learns, the backbone's BatchNorm statistics stay
+    ramp: Ramp | None = None  # instead of one-cycle (the range test)
+    validate: bool = True  # score the validation split after each epoch
 
 
-def resolve_precision(requested: str) -> str:
-    """`auto`: bf16 on GPUs that support it, fp16 (with loss scaling) on older GPUs, fp32 on CPU."""
-    if requested != "auto":
-        return requested
-    if not torch.cuda.is_available():
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def make_accelerator(config: TrainConfig) -> Accelerator:
-    precision = resolve_precision(config.precision)
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+def make_accelerator(precision: str = "auto", *, compile: bool = False) -> Accelerator:
+    """Accelerate for this machine: the resolved precision, DDP when launched by torchrun or accelerate."""
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(precision)]
     return Accelerator(
-        mixed_precision=mixed,
-        dynamo_backend="inductor" if config.compile else "no",
-        cpu=not torch.cuda.is_available(),
+        mixed_precision=mixed, dynamo_backend="inductor" if compile else "no", cpu=not torch.cuda.is_available()
     )
 
 
@@ -72,7 +68,7 @@ class Trainer:
     """Trains a Classifier on a DataModule; see `fine_tune` and `fit`.
 
     Example:
-        >>> trainer = Trainer(model, datamodule, TrainConfig(), out_dir=Path("runs/x"))
+        >>> trainer = Trainer(model, datamodule, FinetuneConfig())
         >>> trainer.fine_tune(epochs=3, freeze_epochs=1, lr=2e-3)
     """
 
@@ -80,18 +76,19 @@ class Trainer:
         self,
         model: torch.nn.Module,
         datamodule: DataModule,
-        config: TrainConfig,
+        config: FinetuneConfig,
         *,
-        out_dir: Path,
+        seed: int = 42,
+        precision: str = "auto",
         callbacks: Sequence[Callback] = (),
-        monitor: str = "accuracy",
+        monitor: Monitor | None = None,
         class_weights: torch.Tensor | None = None,
         balanced_sampler: bool = False,
         accelerator: Accelerator | None = None,
     ) -> None:
-        self.config, self.datamodule, self.out_dir = config, datamodule, out_dir
-        self.accelerator = accelerator or make_accelerator(config)
-        self.precision = resolve_precision(config.precision)
+        self.config, self.datamodule, self.seed = config, datamodule, seed
+        self.accelerator = accelerator or make_accelerator(precision, compile=config.compile)
+        self.precision = resolve_precision(precision)
         self.device = self.accelerator.device
         self.channels_last = self.device.type == "cuda" if config.channels_last is None else config.channels_last
         self.raw_model = model.to(self.device)
@@ -99,7 +96,7 @@ class Trainer:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
         self.model: torch.nn.Module = self.raw_model
         self.callbacks = list(callbacks)
-        self.monitor = monitor
+        self.monitor = monitor or get_monitor("valid_accuracy")
         self.class_weights = class_weights.to(self.device) if class_weights is not None else None
         self.ema = ModelEMA(self.raw_model, decay=config.ema) if config.ema else None
         self.mixer = _mixer(config, len(datamodule.classes))
@@ -120,7 +117,7 @@ class Trainer:
     def fine_tune(self, *, epochs: int, freeze_epochs: int = 1, lr: float = 2e-3, lr_ratio: float = 10.0) -> None:
         """Frozen backbone for `freeze_epochs`, then all (or the top `unfreeze_top`) layers for `epochs`."""
         phases = [
-            Phase("frozen", freeze_epochs, lr, 1.0, pct_start=0.99),
+            Phase("frozen", freeze_epochs, lr, 1.0, pct_start=0.99, frozen=True),
             Phase("unfrozen", epochs, lr / 2, lr_ratio, pct_start=0.3, div=5.0, unfreeze_top=self.config.unfreeze_top),
         ]
         self.run_phases([p for p in phases if p.epochs > 0])
@@ -142,7 +139,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------- phases
     def _run_phase(self, phase: Phase, start: int, end: int) -> None:
         steps_per_epoch = max(1, math.ceil(len(self.train_loader) / self.config.accumulate))
-        schedule = OneCycle(phase.epochs * steps_per_epoch, phase.pct_start, phase.div)
+        schedule = phase.ramp or OneCycle(phase.epochs * steps_per_epoch, phase.pct_start, phase.div)
         resumed_inside = self.epoch > start
         self._prepare(phase, restore=self._pending if resumed_inside else None)
         self.step = (self.epoch - start) * steps_per_epoch
@@ -151,7 +148,7 @@ class Trainer:
             self._call("before_epoch")
             started = time.perf_counter()
             train = self._train_epoch(schedule)
-            metrics = self.evaluate("valid")
+            metrics = self.evaluate("valid") if phase.validate else {}
             elapsed = time.perf_counter() - started
             self.epoch += 1
             row = {"epoch": self.epoch, "phase": phase.name, **train, **metrics, "time_s": elapsed}
@@ -160,7 +157,7 @@ class Trainer:
     def _prepare(self, phase: Phase, *, restore: Checkpoint | None) -> None:
         """(Re)wrap the model for this phase's trainable layers and build its optimizer."""
         raw = self.raw_model
-        if phase.name == "frozen":
+        if phase.frozen:
             raw.freeze_backbone()
         else:
             raw.unfreeze(top=phase.unfreeze_top)
@@ -184,7 +181,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------- epochs
     def _seed_epoch(self) -> None:
         """Dropout, MixUp and sampling draw from (seed, epoch, rank) only: resumable and repeatable."""
-        torch.manual_seed(item_seed(self.config.seed, self.epoch, -2 - self.accelerator.process_index))
+        torch.manual_seed(item_seed(self.seed, self.epoch, -2 - self.accelerator.process_index))
         self.train_loader.sampler.set_epoch(self.epoch)
 
     def _train_epoch(self, schedule: OneCycle) -> dict[str, float]:
@@ -194,11 +191,14 @@ class Trainer:
         started = time.perf_counter()
         batches, every = len(self.train_loader), self.config.accumulate
         for index, (batch, wait) in enumerate(_timed(self.train_loader)):
+            if self.should_stop:  # a callback stopped training mid-epoch (the range test)
+                break
             waited += wait
             # Accumulate over `every` batches; the epoch's last group may be shorter and is scaled to match.
             group_end = min((index // every + 1) * every, batches)
             group_size = group_end - (index // every) * every
-            if batch is None:  # every file of the batch failed to decode (already warned)
+            log_failures(self.train_loader.dataset, batch)
+            if batch.pixels is None:  # every file of the batch failed to decode
                 if index + 1 == group_end:
                     self._optimizer_step()
                 continue
@@ -214,15 +214,13 @@ class Trainer:
             "data_wait_pct": 100.0 * waited / elapsed,
         }
 
-    def _train_step(
-        self, batch: list[torch.Tensor], schedule: OneCycle, group_size: int, *, last: bool
-    ) -> tuple[float, int, float]:
+    def _train_step(self, batch: Batch, schedule: OneCycle, group_size: int, *, last: bool) -> tuple[float, int, float]:
         """Forward and backward one batch; step the optimizer when it ends an accumulation group.
 
         Gradients of a group of `group_size` batches add up to the mean over the group, so
         `accumulate=k` with batch b matches batch k*b; DDP syncs only on the group's last batch.
         """
-        images, targets = self._to_device(batch[0]), batch[1].to(self.device, non_blocking=True)
+        images, targets = self._to_device(batch.pixels), batch.targets.to(self.device, non_blocking=True)
         if self.mixer is not None:
             images, targets = self.mixer(images, targets)  # soft targets (B, classes)
         lr = apply_lr(self.optimizer, schedule.factor(self.step))
@@ -257,28 +255,27 @@ class Trainer:
         loader = self.datamodule.eval_dataloader(
             split, rank=self.accelerator.process_index, world_size=self.accelerator.num_processes
         )
-        parts = []
+        # the unwrapped module: DDP's forward would sync buffers across ranks, and ranks may hold
+        # different numbers of evaluation batches
+        runner = Inference(self.raw_model, self.datamodule.preprocessing, self.device, self.precision,
+                           channels_last=self.channels_last)  # fmt: skip
         with self.ema_weights():
-            # the unwrapped module (its forward still autocast): DDP's forward would sync buffers across
-            # ranks, and ranks may hold different numbers of evaluation batches
             self.raw_model.eval()
-            for batch in loader:
-                if batch is not None:
-                    logits = self.raw_model(self._to_device(batch[0])).float().cpu()
-                    parts.append((logits, batch[1], batch[2]))
+            parts = [(out, batch.indices) for batch, out in runner.batches(loader) if out is not None]
         if self.accelerator.num_processes > 1:
             parts = gather_object(parts)
-        if not parts:
+        scored = Scored.gather([p[0] for p in parts], [p[1] for p in parts], [])
+        if len(scored.indices) == 0:
             empty = torch.empty(0, dtype=torch.long)
             return torch.empty(0, len(self.datamodule.classes)), empty, empty
-        logits, targets, indices = (torch.cat(t) for t in zip(*parts, strict=True))
-        order = torch.argsort(indices)
-        return logits[order], targets[order], indices[order]
+        targets = torch.as_tensor(loader.dataset.targets)[scored.indices]
+        return scored.outputs, targets, scored.indices
 
     def evaluate(self, split: str) -> dict[str, float]:
+        """The split's metrics, named with the split (`valid_loss`, `valid_accuracy`, ...)."""
         logits, targets, _ = self.predict(split)
         metrics = classification_metrics(logits, targets, num_classes=len(self.datamodule.classes))
-        return {"valid_loss" if split == "valid" else f"{split}_loss": metrics.pop("loss"), **metrics}
+        return {f"{split}_{name}": value for name, value in metrics.items()}
 
     def ema_weights(self) -> Any:
 
@@ -286,39 +283,25 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ lr finder
     def lr_find(self, *, start: float = 1e-7, end: float = 10.0, steps: int = 100) -> LRFinderResult:
-        """The learning-rate range test on the frozen model (the phase fine_tune starts with).
+        """The learning-rate range test: the training loop on the frozen model, lr rising from `start` to `end`.
 
-        Weights, BatchNorm statistics and RNG are restored afterwards, so it leaves no trace.
+        One phase with an exponential ramp instead of one-cycle, no validation, and the `LRFinder`
+        callback in place of the run's own (which must not log or checkpoint it). Weights, BatchNorm
+        statistics, RNG and the epoch count are restored afterwards, so it leaves no trace.
         """
         saved = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
-        rng = capture_rng()
-        self._prepare(Phase("frozen", 1, end), restore=None)
-        self.model.train()
-        lrs, losses = self._range_test(start, end, steps)
-        self.raw_model.load_state_dict(saved)
-        restore_rng(rng)
-        smoothed = smooth(losses)
-        return LRFinderResult(lrs, smoothed, suggest_lr(lrs, smoothed))
-
-    def _range_test(self, start: float, end: float, steps: int) -> tuple[list[float], list[float]]:
-        lrs: list[float] = []
-        losses: list[float] = []
-        batches = _cycle(self.train_loader)
-        for i in range(steps):
-            lr = start * (end / start) ** (i / max(1, steps - 1))
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group["max_lr"] / end
-            images, targets = next(batches)[:2]
-            loss = F.cross_entropy(self.model(self._to_device(images)).float(), targets.to(self.device))
-            self.accelerator.backward(loss)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            value = float(self.accelerator.reduce(loss.detach(), reduction="mean"))
-            lrs.append(lr)
-            losses.append(value)
-            if not math.isfinite(value) or (i > 10 and smooth(losses)[-1] > 4 * min(smooth(losses))):
-                break
-        return lrs, losses
+        rng, epoch, callbacks = capture_rng(), self.epoch, self.callbacks
+        finder = LRFinder(steps)
+        epochs = math.ceil(steps * self.config.accumulate / max(1, len(self.train_loader)))
+        ramp = Phase("lr_find", epochs, end, frozen=True, ramp=Ramp(start / end, steps), validate=False)
+        self.callbacks = [finder]
+        try:
+            self.run_phases([ramp])
+        finally:
+            self.callbacks, self.epoch, self.should_stop = callbacks, epoch, False
+            self.raw_model.load_state_dict(saved)
+            restore_rng(rng)
+        return finder.result()
 
     # ------------------------------------------------------------------------------ checkpoints
     def checkpoint(self, *, weights_only: bool = False) -> Checkpoint:
@@ -355,7 +338,7 @@ class Trainer:
             getattr(cb, hook)(self, *args)
 
 
-def _optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+def _optimizer(config: FinetuneConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=config.momentum, nesterov=True)
     if config.optimizer == "rmsprop":
@@ -363,7 +346,7 @@ def _optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim
     return torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-6)
 
 
-def _mixer(config: TrainConfig, num_classes: int) -> Any:
+def _mixer(config: FinetuneConfig, num_classes: int) -> Any:
     """MixUp and/or CutMix on training batches (torchvision v2); None when both are off."""
     choices = []
     if config.mixup > 0:
@@ -385,10 +368,3 @@ def _timed(loader: Any) -> Iterator[tuple[Any, float]]:
         except StopIteration:
             return
         yield batch, time.perf_counter() - started
-
-
-def _cycle(loader: Any) -> Iterator[Any]:
-    while True:
-        for batch in loader:
-            if batch is not None:
-                yield batch

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from visiontune.config import get_monitor
 from visiontune.errors import ConfigError, DatasetError
 from visiontune.features import HEADS, best_head, fit_head, fit_heads
-from visiontune.features.heads import predict_logits
+from visiontune.features.classical import predict_logits
 from visiontune.models.fitted import FittedHead, fitted_head
 
 
@@ -60,7 +61,7 @@ def test_fit_heads_scores_on_valid_and_picks_the_best(three: tuple[np.ndarray, .
         assert result.row()["head"] == result.name
     best = best_head(results)
     assert best.valid["accuracy"] == max(r.valid["accuracy"] for r in results)
-    assert best_head(results, "valid_loss").valid["loss"] == min(r.valid["loss"] for r in results)
+    assert best_head(results, get_monitor("valid_loss")).valid["loss"] == min(r.valid["loss"] for r in results)
 
 
 def test_same_seed_same_heads(three: tuple[np.ndarray, ...]) -> None:

@@ -15,14 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from visiontune.io import atomic_path
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+from visiontune.plots import save_png
 
 
 def plot_learning_curves(curves: Sequence[tuple[str, list[dict[str, Any]], Any]], path: Path) -> Path:
@@ -36,9 +29,9 @@ def plot_learning_curves(curves: Sequence[tuple[str, list[dict[str, Any]], Any]]
         color = f"C{index % 10}"
         if rows:
             epochs = [int(r["epoch"]) for r in rows]
-            acc_ax.plot(epochs, [r["accuracy"] for r in rows], "o-", color=color, label=label)
+            acc_ax.plot(epochs, [r["valid_accuracy"] for r in rows], "o-", color=color, label=label)
             loss_ax.plot(epochs, [r["valid_loss"] for r in rows], "o-", color=color, label=label)
-        elif run.valid is not None and not run.monitor.endswith("loss"):
+        elif run.valid is not None and run.monitor != "valid_loss":
             acc_ax.hlines(run.valid, 1, last_epoch, colors=color, linestyles="--", label=f"{label} (frozen features)")
     acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
     loss_ax.set(xlabel="epoch", ylabel="validation loss", title="Validation loss")
@@ -47,7 +40,7 @@ def plot_learning_curves(curves: Sequence[tuple[str, list[dict[str, Any]], Any]]
         ax.xaxis.get_major_locator().set_params(integer=True)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    return save_figure(fig, path)
+    return save_png(fig, path)
 
 
 def plot_grid(rows: Sequence[dict[str, Any]], key: str, metric: str, path: Path) -> Path:
@@ -75,7 +68,7 @@ def plot_grid(rows: Sequence[dict[str, Any]], key: str, metric: str, path: Path)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize="small")
     ax.set_title(f"Validation {metric} and time against {key.replace('_', ' ')}")
-    return save_figure(fig, path)
+    return save_png(fig, path)
 
 
 def _order(value: Any) -> tuple[int, Any]:
@@ -96,4 +89,4 @@ def plot_optuna(kind: str, study: Any, path: Path) -> Path:
             ax = optuna_plots.plot_param_importances(study)
         else:
             ax = optuna_plots.plot_optimization_history(study)
-        return save_figure(ax.figure, path)
+        return save_png(ax.figure, path)

@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from visiontune.config import RunConfig, save_yaml
+from visiontune.config import RunConfig, monitor_name, save_yaml
+from visiontune.experiments import charts
 from visiontune.experiments.space import PARAMS
 from visiontune.experiments.study import redact, storage_url
 from visiontune.io import atomic_write_json, atomic_write_text
@@ -61,8 +62,8 @@ def study_monitor(study: Any) -> str:
     from optuna.trial import TrialState
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return str(trial.user_attrs.get("monitor", "accuracy"))
-    return "accuracy"
+        return monitor_name(str(trial.user_attrs.get("monitor", "valid_accuracy")))
+    return "valid_accuracy"
 
 
 def write_outputs(
@@ -72,23 +73,21 @@ def write_outputs(
 
     `importance`: draw importance.png (pointless with one searched parameter: it is trivially 100%).
     """
-    from visiontune.experiments import figures
-
     out, files = config.out_dir, {}
     files["trials"] = str(_write_csv(out / "trials.csv", rows))
     if best is not None and best["config"]:
         files["best_config"] = str(_write_best_config(out / "best_config.yaml", best["config"]))
     finished = [r for r in rows if r["state"] == "complete"]
     if finished:
-        files["history"] = str(figures.plot_optuna("history", study, out / "history.png"))
+        files["history"] = str(charts.plot_optuna("history", study, out / "history.png"))
     if importance and len(finished) >= 2:
         try:
-            files["importance"] = str(figures.plot_optuna("importance", study, out / "importance.png"))
+            files["importance"] = str(charts.plot_optuna("importance", study, out / "importance.png"))
         except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied across the finished trials
             log.warning("importance.png not drawn: %s", exc)
     if config.grid and finished:
         key = next(iter(config.grid))
-        files["grid"] = str(figures.plot_grid(finished, key, study_monitor(study), out / "grid.png"))
+        files["grid"] = str(charts.plot_grid(finished, key, study_monitor(study), out / "grid.png"))
     atomic_write_json(
         out / "tune.json",
         {

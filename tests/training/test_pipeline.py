@@ -15,12 +15,13 @@ import yaml
 
 from tests.conftest import write_class_folders
 from visiontune.bundle import load_bundle
-from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from visiontune.training.lock import RunLockedError
-from visiontune.training.run import resume_config, train
+from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig
+from visiontune.runs import RunExistsError
+from visiontune.runs.lock import RunLockedError
+from visiontune.training.pipeline import resume_config, train
 
 REPO = Path(__file__).resolve().parents[2]
-SCORES = ("train_loss", "valid_loss", "accuracy", "balanced_accuracy", "lr")
+SCORES = ("train_loss", "valid_loss", "valid_accuracy", "valid_balanced_accuracy", "lr")
 
 
 @pytest.fixture
@@ -29,12 +30,13 @@ def tiny(tmp_path: Path, fashion: dict) -> Path:
     return write_class_folders(tmp_path / "data", fashion, per_class=24)
 
 
-def _config(data: Path, out: Path, **train: object) -> RunConfig:
-    defaults = {"epochs": 2, "freeze_epochs": 1, "batch_size": 16, "num_workers": 0, "lr": 3e-3}
+def _config(data: Path, out: Path, augment: str = "standard", **finetune: object) -> RunConfig:
+    defaults = {"epochs": 2, "freeze_epochs": 1, "batch_size": 16, "lr": 3e-3}
     return RunConfig(
         DataConfig(source=str(data), valid_pct=0.25),
-        ModelConfig(name="small_cnn", image_size=28),
-        TrainConfig(method="scratch", **{**defaults, **train}),  # type: ignore[arg-type]
+        ModelConfig(backbone="small_cnn", image_size=28),
+        TrainConfig(method="scratch", num_workers=0, augment=augment),
+        FinetuneConfig(**{**defaults, **finetune}),  # type: ignore[arg-type]
         out=str(out),
     )
 
@@ -61,12 +63,14 @@ def test_run_folder_and_bundle(tiny: Path, tmp_path: Path) -> None:
     assert [r["epoch"] for r in _scores(run)] == ["1", "2", "3"]
     info = json.loads((run / "run.json").read_text())
     assert len(info["data_manifest_sha256"]) == 64 and torch.__version__.startswith(info["versions"]["torch"])
-    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["name"] == "small_cnn"
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["backbone"] == "small_cnn"
     model, meta = load_bundle(run)
     assert meta.classes == ["sneaker", "t-shirt_top", "trouser"]
     assert meta.preprocessing.image_size == (28, 28)
     assert model(torch.zeros(2, 3, 28, 28)).shape == (2, 3)
-    assert 0.0 <= result.metrics["valid_accuracy"] <= 1.0
+    assert result.monitor.name == "valid_accuracy" and result.config.model.image_size == 28
+    metrics = {"loss", "accuracy", "balanced_accuracy", "error_rate", "macro_f1", "ece"}
+    assert {f"valid_{m}" for m in metrics} <= set(result.metrics)  # the set every method writes
 
 
 def test_same_command_twice_gives_the_same_metrics(tiny: Path, tmp_path: Path) -> None:
@@ -80,7 +84,7 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     from visiontune.config import RunConfig, load_yaml
     from visiontune.training.callbacks import Callback
-    from visiontune.training.run import train
+    from visiontune.training.pipeline import train
 
     class KillMidEpoch(Callback):
         def __init__(self):
@@ -115,8 +119,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny: Path, tmp_pat
 def test_fine_tune_freezes_then_unfreezes_pretrained_backbone(tiny: Path, tmp_path: Path) -> None:
     config = RunConfig(
         DataConfig(source=str(tiny), valid_pct=0.25),
-        ModelConfig(name="efficientnet_lite0", image_size=32),
-        TrainConfig(epochs=1, freeze_epochs=1, batch_size=16, num_workers=0),
+        ModelConfig(backbone="efficientnet_lite0", image_size=32),
+        TrainConfig(num_workers=0),
+        FinetuneConfig(epochs=1, freeze_epochs=1, batch_size=16),
         out=str(tmp_path / "ft"),
     )
     result = train(config)
@@ -138,20 +143,22 @@ def test_resume_of_a_folder_without_checkpoint_is_a_clear_error(tmp_path: Path) 
 
 
 def test_an_existing_run_is_never_trained_over_silently(tiny: Path, tmp_path: Path) -> None:
-    from visiontune.training.run import RunExistsError
-
     first = train(_config(tiny, tmp_path / "run", epochs=1, freeze_epochs=0))
-    (first.run_dir / "notes.txt").write_text("mine")
     with pytest.raises(RunExistsError, match="--resume"):
         train(_config(tiny, tmp_path / "run", epochs=1, freeze_epochs=0))
-    assert (first.run_dir / "notes.txt").is_file()
+    (first.run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(RunExistsError, match=r"did not write \(notes\.txt\)"):
+        train(_config(tiny, tmp_path / "run", epochs=2, freeze_epochs=0), overwrite=True)
+    assert (first.run_dir / "notes.txt").read_text() == "mine" and len(_scores(first.run_dir)) == 1
+    (first.run_dir / "notes.txt").unlink()
     train(_config(tiny, tmp_path / "run", epochs=2, freeze_epochs=0), overwrite=True)
-    assert not (first.run_dir / "notes.txt").exists()
     assert len(_scores(first.run_dir)) == 2
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "thesis.tex").write_text("x")
-    with pytest.raises(RunExistsError, match="other files"):
-        train(_config(tiny, tmp_path / "other", epochs=1, freeze_epochs=0))
+    for overwrite in (False, True):
+        with pytest.raises(RunExistsError, match=r"thesis\.tex"):
+            train(_config(tiny, tmp_path / "other", epochs=1, freeze_epochs=0), overwrite=overwrite)
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["thesis.tex"]  # not even a lock file
 
 
 def test_a_second_process_is_refused_while_a_run_folder_is_written(tiny: Path, tmp_path: Path) -> None:
@@ -179,7 +186,7 @@ def test_a_second_process_is_refused_while_a_run_folder_is_written(tiny: Path, t
 LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
-from visiontune.training.lock import run_lock
+from visiontune.runs.lock import run_lock
 with run_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(60)

@@ -13,12 +13,12 @@ import yaml
 
 from tests.conftest import write_class_folders
 from visiontune.bundle import load_bundle
-from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from visiontune.data.datamodule import DataModule
+from visiontune.config import DataConfig, FeaturesConfig, ModelConfig, RunConfig, TrainConfig
 from visiontune.data.dataset import load_data
+from visiontune.data.images import open_image
+from visiontune.data.transforms import build_transform
 from visiontune.errors import ConfigError
-from visiontune.features.run import FeaturesResult
-from visiontune.training.run import train
+from visiontune.training.pipeline import TrainResult, train
 
 
 @pytest.fixture(scope="module")
@@ -30,28 +30,32 @@ def data(tmp_path_factory: pytest.TempPathFactory, fashion: dict) -> Path:
     return root
 
 
-def _config(data: Path, out: Path, **train: object) -> RunConfig:
+def _config(data: Path, out: Path, augment: str = "standard", **features: object) -> RunConfig:
     return RunConfig(
         DataConfig(source=str(data), valid_pct=0.25),
         ModelConfig(image_size=32),  # efficientnet_lite0 with its ImageNet weights: this is transfer
-        TrainConfig(method="features", batch_size=16, **train),  # type: ignore[arg-type]
+        TrainConfig(method="features", augment=augment),
+        features=FeaturesConfig(**features),  # type: ignore[arg-type]
         out=str(out),
     )
 
 
 def _bundle_logits(run: Path, data: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Our own forward pass, independent of the package's loaders: PIL decode, the bundle's transform, one batch."""
     model, meta = load_bundle(run)
-    dm = DataModule(load_data(data, DataConfig(valid_pct=0.25)), meta.preprocessing)
+    samples = load_data(data, DataConfig(valid_pct=0.25)).split(split)
+    transform = build_transform(meta.preprocessing)
+    images = torch.stack([transform(open_image(s.path)) for s in samples])
     with torch.no_grad():
-        batches = [(model(images), targets) for images, targets, _ in dm.eval_dataloader(split)]
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        logits = model(images)
+    return logits, torch.tensor([meta.classes.index(s.label) for s in samples])
 
 
 def test_run_folder_bundle_and_cache(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # a feature cache of its own: the session's shared runs embed some of the same Fashion-MNIST images
     monkeypatch.setenv("VISIONTUNE_CACHE_DIR", str(tmp_path / "cache"))
     result = train(_config(data, tmp_path / "a", heads=("logreg", "knn")))
-    assert isinstance(result, FeaturesResult)
+    assert isinstance(result, TrainResult) and result.best_head in ("logreg", "knn") and result.best_epoch is None
     run = result.run_dir
     for name in ("config.yaml", "run.json", "classes.json", "splits.csv", "heads.csv", "results.json"):
         assert (run / name).is_file(), name
@@ -61,8 +65,10 @@ def test_run_folder_bundle_and_cache(data: Path, tmp_path: Path, monkeypatch: py
     info = json.loads((run / "run.json").read_text())
     assert len(info["data_manifest_sha256"]) == 64 and info["features"]["extracted"] == 78
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["train"]["heads"] == ["logreg", "knn"] and config["train"]["method"] == "features"
+    assert config["features"]["heads"] == ["logreg", "knn"] and config["train"]["method"] == "features"
     assert result.metrics["test_accuracy"] > 0.8 and result.metrics["valid_accuracy"] > 0.8
+    finetune_metrics = {"loss", "accuracy", "balanced_accuracy", "error_rate", "macro_f1", "ece"}
+    assert {f"{s}_{m}" for s in ("valid", "test") for m in finetune_metrics} <= set(result.metrics)
     # the bundle maps images to the same logits as the head on cached features
     logits, targets = _bundle_logits(run, data, "test")
     accuracy = float((logits.argmax(1) == targets).float().mean())
@@ -86,12 +92,10 @@ def test_default_heads_views_and_tta(data: Path, tmp_path: Path) -> None:
 
 
 def test_features_settings_are_checked(data: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="method='features'"):
-        TrainConfig(heads=("knn",))
     with pytest.raises(ConfigError, match="heads"):
-        TrainConfig(method="features", heads=("knn", "forest"))
-    assert TrainConfig(method="features", heads="knn, svm").heads == ("knn", "svm")  # type: ignore[arg-type]
-    assert RunConfig.from_dict(_config(data, tmp_path).to_dict()).train.heads == ()
+        FeaturesConfig(heads=("knn", "forest"))
+    assert FeaturesConfig(heads="knn, svm").heads == ("knn", "svm")  # type: ignore[arg-type]
+    assert RunConfig.from_dict(_config(data, tmp_path).to_dict()).features.heads == ()
     with pytest.raises(ConfigError, match="--augment"):
         train(_config(data, tmp_path / "views", views=2, augment="none"))
     with pytest.raises(ConfigError, match="resume"):

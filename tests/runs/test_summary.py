@@ -12,21 +12,21 @@ import pytest
 from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig, save_yaml
 from visiontune.errors import ConfigError
 from visiontune.experiments.compare import config_differences
-from visiontune.experiments.runs import RunSummary, find_runs, read_run, sort_runs
+from visiontune.runs.lock import run_lock
+from visiontune.runs.summary import RunSummary, find_runs, read_run, sort_runs
 from visiontune.training.callbacks import EPOCH_FIELDS
-from visiontune.training.lock import run_lock
 
 
 def write_run(folder: Path, accuracies: list[float], *, image_size: int = 64, results: bool = False) -> Path:
     """A run folder as train leaves it after len(accuracies) epochs (results.json only once it finished)."""
     config = RunConfig(DataConfig(source="/data/photos", sample=0.1), ModelConfig(image_size=image_size), TrainConfig())
     save_yaml(config.to_dict(), folder / "config.yaml")
-    (folder / "run.json").write_text(json.dumps({"started": "2026-11-20T10:00:00", "monitor": "accuracy"}))
+    (folder / "run.json").write_text(json.dumps({"started": "2026-11-20T10:00:00", "monitor": "valid_accuracy"}))
     with open(folder / "metrics.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=EPOCH_FIELDS)
         writer.writeheader()
         for epoch, accuracy in enumerate(accuracies, 1):
-            writer.writerow({"epoch": epoch, "phase": "unfrozen", "accuracy": accuracy, "time_s": 2.5})
+            writer.writerow({"epoch": epoch, "phase": "unfrozen", "valid_accuracy": accuracy, "time_s": 2.5})
     if results:
         metrics = {"valid_accuracy": max(accuracies), "test_accuracy": 0.5}
         (folder / "results.json").write_text(json.dumps({"metrics": metrics, "elapsed_s": 9.0}))
@@ -61,7 +61,9 @@ def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:
         find_runs(tmp_path / "nope")
 
 
-def summary(name: str, valid: float | None, *, monitor: str = "accuracy", time_s: float | None = 1.0) -> RunSummary:
+def summary(
+    name: str, valid: float | None, *, monitor: str = "valid_accuracy", time_s: float | None = 1.0
+) -> RunSummary:
     return RunSummary(Path(name), name, None, "d", "finetune", "b", 64, 1, 6, monitor, valid, None, time_s, "done")
 
 
@@ -81,3 +83,22 @@ def test_config_differences_name_what_changed_and_ignore_where_it_was_written() 
     a = {"model.image_size": 32, "train.lr": 0.002, "out": "runs/a", "train.heads": []}
     b = {"model.image_size": 64, "train.lr": 0.002, "out": "runs/b", "train.ema": 0.999, "train.heads": []}
     assert config_differences([a, b]) == {"model.image_size": [32, 64], "train.ema": [None, 0.999]}
+
+
+def test_a_run_of_the_previous_release_still_lists(tmp_path: Path) -> None:
+    """config.yaml with one flat `train` section and `model.name`, epoch rows without their split, `accuracy`."""
+    folder = tmp_path / "old"
+    folder.mkdir()
+    legacy = {
+        "data": {"source": "/data/photos"},
+        "model": {"name": "efficientnet_lite0", "image_size": 112},
+        "train": {"method": "finetune", "epochs": 6, "freeze_epochs": 1, "lr": 0.002, "heads": [], "views": 1,
+                  "tta": False, "batch_size": 64, "monitor": "accuracy", "seed": 42},
+        "out": None, "name": None,
+    }  # fmt: skip
+    save_yaml(legacy, folder / "config.yaml")
+    (folder / "run.json").write_text(json.dumps({"started": "2026-11-20T10:00:00", "monitor": "accuracy"}))
+    (folder / "metrics.csv").write_text("epoch,phase,valid_loss,accuracy\n1,frozen,0.9,0.61\n2,unfrozen,0.5,0.83\n")
+    run = read_run(folder)
+    assert (run.backbone, run.image_size, run.epochs_label) == ("efficientnet_lite0", 112, "1+6")
+    assert run.monitor == "valid_accuracy" and run.valid == 0.83 and run.status == "stopped"

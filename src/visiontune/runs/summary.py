@@ -1,18 +1,15 @@
 """Run folders as rows: what `visiontune runs` lists and sorts.
 
 A run folder is any folder holding a `config.yaml` written by `train` (fine-tuning, scratch or
-features) or by a `tune` trial. Everything shown is read from the files the run left behind, so a
-run that was stopped, pruned or copied from another machine still gets a row; a folder whose files
-can't be read is skipped with a warning rather than hiding every other run.
+features) or by a `tune` trial. Everything shown is read through `RunFolder` from the files the
+run left behind, so a run that was stopped, pruned or copied from another machine still gets a
+row; a folder whose files can't be read is skipped with a warning rather than hiding every other run.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,12 +17,14 @@ from typing import Any
 
 import yaml
 
-from visiontune.config import check_choice
+from visiontune.config import check_choice, get_monitor
 from visiontune.errors import ConfigError
+from visiontune.runs.folder import CONFIG, RunFolder
+from visiontune.runs.folder import find_runs as find_folders
+from visiontune.runs.lock import RunLockedError, check_unlocked
 
 log = logging.getLogger(__name__)
 
-TRIAL_FILE = "trial.json"  # written into a tune trial's run folder (see experiments.tune)
 SORT_KEYS = ("date", "name", "data", "method", "backbone", "size", "epochs", "valid", "test", "time", "status")
 
 
@@ -85,107 +84,70 @@ def find_runs(root: str | Path) -> list[RunSummary]:
     if not root.is_dir():
         raise ConfigError(f"{root}: no such folder; give the folder that holds your runs (default: runs)")
     runs = []
-    for folder in _run_folders(root):
+    for folder in find_folders(root):
         try:
-            runs.append(read_run(folder, root=root))
-        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
-            log.warning("%s: skipped, its run files can't be read (%s)", folder, exc)
+            runs.append(read_run(folder.path, root=root))
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError, ConfigError) as exc:
+            log.warning("%s: skipped, its run files can't be read (%s)", folder.path, exc)
     return runs
 
 
-def _run_folders(root: Path) -> list[Path]:
-    """Folders with a config.yaml; the walk does not descend into a run (its model/, eval/ are not runs)."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if "config.yaml" in files:
-            found.append(Path(folder))
-            dirs[:] = []
-    return found
-
-
 def read_run(path: str | Path, *, root: str | Path | None = None) -> RunSummary:
-    """The summary of one run folder from its config.yaml, run.json, results.json and metrics.csv."""
-    path = Path(path)
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    model, train, data = config.get("model") or {}, config.get("train") or {}, config.get("data") or {}
-    info = _json(path / "run.json")
-    results = _json(path / "results.json")
-    trial = _json(path / TRIAL_FILE)
-    rows = read_metrics(path)
-    method = str(train.get("method", "finetune"))
-    monitor = str(info.get("monitor") or results.get("monitor") or "accuracy")
-    features = method == "features"
+    """The summary of one run folder from its config, run.json, results.json and epoch rows."""
+    run = RunFolder(path)
+    config, info, results, trial = run.config(), run.info(), run.results(), run.trial()
+    rows = run.epochs()
+    features = config.train.method == "features"
+    monitor = str(info.get("monitor") or results.get("monitor") or "valid_accuracy")
     return RunSummary(
-        path=path,
-        name=path.relative_to(root).as_posix() if root is not None and path != Path(root) else path.name,
-        date=_date(path, info),
-        data=_data_label(data),
-        method=method,
-        backbone=str(model.get("name", "?")),
-        image_size=model.get("image_size"),
-        freeze_epochs=None if features else int(train.get("freeze_epochs", 0)),
-        epochs=None if features else int(train.get("epochs", 0)),
-        monitor=monitor,
-        valid=_valid(results, rows, monitor),
-        test=_test(path, results),
+        path=run.path,
+        name=run.path.relative_to(root).as_posix() if root is not None and run.path != Path(root) else run.path.name,
+        date=_date(run, info),
+        data=_data_label(config.data.source, config.data.sample),
+        method=config.train.method,
+        backbone=config.model.backbone,
+        image_size=config.model.image_size,
+        freeze_epochs=None if features else config.finetune.freeze_epochs,
+        epochs=None if features else config.finetune.epochs,
+        monitor=get_monitor(monitor).name,
+        valid=_valid(results, rows, get_monitor(monitor).name),
+        test=_test(run, results),
         time_s=results.get("elapsed_s") if results else _sum(rows, "time_s"),
-        status=_status(path, results, trial),
+        status=_status(run, results, trial),
         trial=trial.get("number"),
     )
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.csv as rows of floats (epoch as int, phase as text); [] for a features run."""
-    file = path / "metrics.csv"
-    if not file.is_file():
-        return []
-    with open(file, newline="") as handle:
-        return [{k: _number(k, v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def _number(key: str, value: str | None) -> Any:
-    if key == "phase" or value in (None, ""):
-        return value or None
-    return int(value) if key == "epoch" else float(value)
-
-
-def metric_key(monitor: str) -> str:
-    """The results.json key of a monitor: accuracy -> valid_accuracy, valid_loss stays."""
-    return monitor if monitor.startswith("valid_") else f"valid_{monitor}"
-
-
 def _valid(results: dict[str, Any], rows: list[dict[str, Any]], monitor: str) -> float | None:
+    """The monitored metric of the kept model (results.json), else the best epoch's so far."""
     metrics = results.get("metrics") or {}
-    if metric_key(monitor) in metrics:
-        return float(metrics[metric_key(monitor)])
+    if monitor in metrics:
+        return float(metrics[monitor])
     values = [float(r[monitor]) for r in rows if r.get(monitor) is not None and not math.isnan(float(r[monitor]))]
     if not values:
         return None
-    return min(values) if monitor.endswith("loss") else max(values)
+    return min(values) if get_monitor(monitor).mode == "min" else max(values)
 
 
-def _test(path: Path, results: dict[str, Any]) -> float | None:
+def _test(run: RunFolder, results: dict[str, Any]) -> float | None:
     """Test accuracy from training's results, else from `visiontune evaluate`'s eval/metrics.json."""
     metrics = results.get("metrics") or {}
     if "test_accuracy" in metrics:
         return float(metrics["test_accuracy"])
-    evaluated = _json(path / "eval" / "metrics.json")
+    evaluated = run.eval_metrics()
     return float(evaluated["accuracy"]) if "accuracy" in evaluated else None
 
 
-def _status(path: Path, results: dict[str, Any], trial: dict[str, Any]) -> str:
+def _status(run: RunFolder, results: dict[str, Any], trial: dict[str, Any]) -> str:
     if results:
         return "done"
     if trial.get("state") == "pruned":
         return "pruned"
-    return "running" if _locked(path) else "stopped"
+    return "running" if _locked(run.path) else "stopped"
 
 
 def _locked(path: Path) -> bool:
-    """Whether a live process holds the run's lock (training/lock.py): it is still being written."""
-    from visiontune.training.lock import RunLockedError, check_unlocked
-
+    """Whether a live process holds the run's lock: it is still being written."""
     try:
         check_unlocked(path)
     except RunLockedError:
@@ -193,31 +155,23 @@ def _locked(path: Path) -> bool:
     return False
 
 
-def _date(path: Path, info: dict[str, Any]) -> datetime | None:
+def _date(run: RunFolder, info: dict[str, Any]) -> datetime | None:
     if info.get("started"):
         try:
             return datetime.fromisoformat(str(info["started"]))
         except ValueError:
             pass
-    return datetime.fromtimestamp((path / "config.yaml").stat().st_mtime)
+    return datetime.fromtimestamp(run.file(CONFIG).stat().st_mtime)
 
 
-def _data_label(data: dict[str, Any]) -> str:
-    name = Path(str(data.get("source") or "?")).name or str(data.get("source"))
-    sample = float(data.get("sample", 1.0) or 1.0)
+def _data_label(source: str, sample: float) -> str:
+    name = Path(str(source or "?")).name or str(source)
     return f"{name} ({sample:g})" if sample < 1.0 else name
 
 
 def _sum(rows: list[dict[str, Any]], key: str) -> float | None:
     values = [float(r[key]) for r in rows if r.get(key) is not None]
     return sum(values) if values else None
-
-
-def _json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    return data if isinstance(data, dict) else {}
 
 
 def sort_runs(runs: list[RunSummary], key: str = "date", *, reverse: bool = False) -> list[RunSummary]:
@@ -231,7 +185,7 @@ def sort_runs(runs: list[RunSummary], key: str = "date", *, reverse: bool = Fals
         if key == "valid":
             if run.valid is None:
                 return None
-            return run.valid if run.monitor.endswith("loss") else -run.valid  # best first
+            return run.valid if get_monitor(run.monitor).mode == "min" else -run.valid  # best first
         if key == "test":
             return None if run.test is None else -run.test
         return {

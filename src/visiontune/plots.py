@@ -1,4 +1,4 @@
-"""Matplotlib figures written to PNG (Agg backend: no display needed), each saved atomically."""
+"""Shared matplotlib helpers (Agg backend: no display needed): atomic PNGs, learning curves, the LR range test."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ import matplotlib.pyplot as plt
 from visiontune.io import atomic_path
 
 
-def _save(fig: Any, path: str | Path) -> None:
+def save_png(fig: Any, path: str | Path) -> Path:
+    """Write `fig` as a PNG atomically and close it; returns the path."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+    return Path(path)
 
 
 def plot_history(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
@@ -29,8 +31,8 @@ def plot_history(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     loss_ax.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train")
     loss_ax.plot(epochs, [float(r["valid_loss"]) for r in rows], "o-", label="valid")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
-    acc_ax.plot(epochs, [float(r["accuracy"]) for r in rows], "o-", label="accuracy")
-    acc_ax.plot(epochs, [float(r["balanced_accuracy"]) for r in rows], "s--", label="balanced accuracy")
+    acc_ax.plot(epochs, [float(r["valid_accuracy"]) for r in rows], "o-", label="accuracy")
+    acc_ax.plot(epochs, [float(r["valid_balanced_accuracy"]) for r in rows], "s--", label="balanced accuracy")
     acc_ax.set(xlabel="epoch", ylabel="valid", title="Validation accuracy")
     for ax in (loss_ax, acc_ax):
         for prev, row in itertools.pairwise(rows):
@@ -39,7 +41,7 @@ def plot_history(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_lr_find(result: Any, path: str | Path) -> None:
@@ -50,4 +52,4 @@ def plot_lr_find(result: Any, path: str | Path) -> None:
     ax.set(xscale="log", xlabel="learning rate", ylabel="loss (smoothed)", title="Learning-rate finder")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_png(fig, path)

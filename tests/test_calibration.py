@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from visiontune.errors import ConfigError
-from visiontune.evaluation.calibration import (
+from visiontune.calibration import (
+    Calibration,
     calibrate,
     expected_calibration_error,
     fit_temperature,
     fit_unknown_threshold,
     unknown_scores,
-    unknown_threshold,
 )
+from visiontune.errors import ConfigError
 
 
 def _sampled(temperature: float, n: int = 20_000, k: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,17 +58,50 @@ def test_threshold_keeps_the_asked_share_of_correct_predictions() -> None:
 
 
 def test_bad_score_names_are_clear() -> None:
-    with pytest.raises(ConfigError, match="msp, energy"):
+    with pytest.raises(ConfigError, match="'msp', 'energy'"):
         unknown_scores(torch.zeros(1, 2), score="entropy")
-    assert unknown_threshold({"temperature": 1.0, "unknown_threshold": 0.7}) == ("msp", 0.7)  # older bundles
+    with pytest.raises(ConfigError, match="msp"):
+        Calibration(thresholds={"entropy": 0.5})
+
+
+def test_older_bundle_blocks_still_read() -> None:
+    flat = Calibration.from_dict({"temperature": 1.5, "unknown_threshold": 0.7})  # the first release's form
+    assert (flat.temperature, flat.score, flat.threshold()) == (1.5, "msp", 0.7)
+    assert not flat.fitted and flat.threshold("energy") is None
+    assert Calibration.from_dict(None) == Calibration()
+
+
+def test_a_bundle_block_round_trips() -> None:
+    logits, targets = _sampled(2.0, n=2000)
+    fitted = calibrate(logits, targets)
+    again = Calibration.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    assert again == fitted and again.fitted and again.fitted_on == 2000
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 0.0, -1.0, float("inf")])
+def test_a_temperature_that_is_not_a_positive_number_is_refused(bad: float) -> None:
+    with pytest.raises(ConfigError, match="temperature"):
+        Calibration.from_dict({"temperature": bad})
+
+
+def test_probabilities_and_unknown_follow_the_fitted_numbers() -> None:
+    cal = Calibration(temperature=2.0, thresholds={"msp": 0.6, "energy": 1.0})
+    logits = torch.tensor([[4.0, 0.0], [0.2, 0.0]])
+    expected = (logits / 2).softmax(1)
+    assert torch.allclose(cal.probabilities(logits), expected)
+    assert cal.is_unknown(logits).tolist() == [False, True]  # max probs 0.88 and 0.52 against 0.6
+    energy = 2.0 * torch.logsumexp(logits / 2, dim=1)  # 4.25, 1.44: both above 1.0
+    assert torch.allclose(cal.scores(logits, "energy"), energy)
+    assert cal.is_unknown(logits, "energy").tolist() == [False, False]
+    assert Calibration().is_unknown(logits).tolist() == [False, False]  # no threshold: never unknown
 
 
 def test_calibrate_never_raises_the_nll() -> None:
     logits, targets = _sampled(0.5)
-    block = calibrate(logits * 0.5, targets)  # under-confident logits: T < 1 sharpens them
-    assert block["temperature"] < 1.0 and block["nll_after"] <= block["nll_before"]
-    assert block["ece_after"] < block["ece_before"]
-    assert set(block["unknown"]["thresholds"]) == {"msp", "energy"}
+    cal = calibrate(logits * 0.5, targets)  # under-confident logits: T < 1 sharpens them
+    assert cal.temperature < 1.0 and cal.nll_after <= cal.nll_before
+    assert cal.ece_after < cal.ece_before
+    assert set(cal.thresholds) == {"msp", "energy"}
 
 
 @pytest.mark.parametrize("fixture", ["finetuned_run", "features_run"])

@@ -1,0 +1,291 @@
+"""`train(config)`: one pipeline for every method, prepare -> fit -> finish.
+
+- prepare: the run folder (claimed under its lock), the data and its split, the resolved config
+  (input size, monitor, recipe defaults), the model, and the run files that say what is running;
+- fit: `finetune.fit_finetune` (the Trainer's loop; methods finetune and scratch) or
+  `features.fit.fit_features` (cached frozen features and classical heads). Each returns a `Fitted`:
+  the classifier to bundle and a way to get its logits on a split;
+- finish, shared: logits on valid (and test), calibration, the same metric set for every method,
+  the bundle and results.json.
+
+Under several processes (torchrun, accelerate launch) every rank runs the pipeline and only the
+main one writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+
+from visiontune.bundle import BundleMeta, save_bundle
+from visiontune.calibration import calibrate
+from visiontune.config import Monitor, RunConfig, get_monitor
+from visiontune.data.audit import suggest_image_size
+from visiontune.data.dataset import LabelledImages, load_data
+from visiontune.errors import ConfigError
+from visiontune.evaluation.metrics import auto_monitor, imbalance_ratio, split_metrics
+from visiontune.features.classical import DEFAULT_HEADS
+from visiontune.features.fit import fit_features
+from visiontune.inference import resolve_precision
+from visiontune.models import create_classifier, get_backbone
+from visiontune.runs.folder import RunFolder
+from visiontune.system import hardware, library_versions
+from visiontune.training.callbacks import Callback
+from visiontune.training.checkpoint import CheckpointError
+from visiontune.training.finetune import fit_finetune
+from visiontune.training.fitting import Fitted, Hooks, Prepared
+from visiontune.training.trainer import make_accelerator
+
+VERSIONS = ("visiontune", "torch", "torchvision", "timm", "accelerate", "numpy", "pillow", "scikit-learn")
+
+
+@dataclass
+class TrainResult:
+    """Where the run is, how it did, and what ran: the resolved config and the monitor that chose.
+
+    Features runs also say which head was kept (`best_head`), every head's scores (`heads`, the
+    rows of heads.csv) and what extraction did (`extraction`).
+    """
+
+    run_dir: Path
+    bundle_dir: Path
+    metrics: dict[str, Any]
+    best_epoch: int | None
+    elapsed_s: float
+    config: RunConfig
+    monitor: Monitor
+    best_head: str | None = None
+    heads: list[dict[str, Any]] = field(default_factory=list)
+    extraction: dict[str, Any] = field(default_factory=dict)
+
+
+def train(
+    config: RunConfig,
+    *,
+    callbacks: Sequence[Callback] = (),
+    resume: str | Path | None = None,
+    label_func: Callable[[Path], object] | None = None,
+    overwrite: bool = False,
+    hooks: Hooks | None = None,
+) -> TrainResult:
+    """Train a classifier as `config` says and write its run folder and bundle.
+
+    A folder that already holds a run is refused unless `overwrite` (which replaces it, when it is
+    provably a run) or `resume` (fine-tuning runs only: features runs are as fast to start again).
+
+    Example:
+        >>> result = train(RunConfig(DataConfig(source="photos")))  # doctest: +SKIP
+        >>> result.metrics["valid_accuracy"], result.monitor.name, result.bundle_dir  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    hooks = hooks or Hooks(callbacks=callbacks)
+    if callbacks and not hooks.callbacks:
+        hooks = dataclasses.replace(hooks, callbacks=callbacks)
+    features = config.train.method == "features"
+    if features and resume is not None:
+        raise ConfigError("--method features runs don't resume: run the same command again (features are cached)")
+    finetune = config.finetune
+    accelerator = make_accelerator(config.train.precision, compile=finetune.compile and not features)
+    if features and accelerator.num_processes > 1:
+        raise ConfigError("--method features runs in one process; start it without torchrun / accelerate launch")
+    run = _run_folder(config, accelerator, resume, overwrite=overwrite)
+    with run.lock(enabled=accelerator.is_main_process):
+        if accelerator.is_main_process and resume is None:
+            run.claim(overwrite=overwrite)
+        accelerator.wait_for_everyone()
+        prepared = prepare(config, run, accelerator, resume=resume is not None, label_func=label_func)
+        fitted = fit_features(prepared, hooks) if features else fit_finetune(prepared, hooks)
+        return finish(prepared, fitted, started)
+
+
+def resume_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run folder was started with; refused when there is nothing to resume."""
+    run = RunFolder(run_dir)
+    if not run.file("config.yaml").is_file():
+        raise CheckpointError(f"{run_dir}: no config.yaml; --resume needs a folder made by `visiontune train`")
+    if not run.checkpoint("last").is_file():
+        raise CheckpointError(f"{run_dir}: no checkpoint yet (it stopped before its first epoch ended); start it again")
+    return run.config()
+
+
+# ---------------------------------------------------------------------------------------- prepare
+def prepare(
+    config: RunConfig,
+    run: RunFolder,
+    accelerator: Accelerator,
+    *,
+    resume: bool,
+    label_func: Callable[[Path], object] | None = None,
+) -> Prepared:
+    """Data, resolved config, monitor and model; the run files written (not on resume: they stand)."""
+    with accelerator.main_process_first():  # the main process fills the file-info cache for the others
+        data = load_data(config.data.source, config.data, label_func=label_func)
+    if "valid" not in data.splits:
+        raise ConfigError(f"{data.root}: training scores its models on a validation split; give --valid-pct above 0")
+    ratio = imbalance_ratio(list(Counter(s.label for s in data.split("train")).values()))
+    config = resolve(config, data, ratio)
+    set_seed(config.train.seed)  # the head's (or a scratch model's) initial weights
+    model = create_classifier(config.model.backbone, len(data.classes), **_model_kwargs(config))
+    prepared = Prepared(config, data, run, accelerator, get_monitor(config.train.monitor), ratio, model, resume)
+    if prepared.is_main and not resume:
+        _write_run_files(prepared)
+    return prepared
+
+
+def resolve(config: RunConfig, data: LabelledImages, imbalance: float) -> RunConfig:
+    """Fill in what was left to the data, so config.yaml says what really ran.
+
+    - the input size: for fine-tuning, what the audit suggests for these images (small images
+      upsampled about 4x) at most the backbone's own size, so 28 px Fashion-MNIST trains at 112 px
+      and photos at 224; for frozen features, the backbone's own size (ImageNet features are best at
+      the scale they were learnt at: 0.852 test accuracy at 112 px, 0.882 at 224 on the demo);
+    - the monitor: accuracy, or balanced accuracy when the largest class is over 1.5x the smallest;
+    - features: the default heads; fine-tuning: a randomly initialised backbone has no BatchNorm
+      statistics worth freezing, and the `strong` recipe adds MixUp/CutMix and an EMA unless set.
+    """
+    features = config.train.method == "features"
+    if config.model.image_size is None:
+        default = get_backbone(config.model.backbone).default_size
+        size = default if features else min(suggest_image_size(_train_sides(data))[0], default)
+        config = config.replace("model", image_size=size)
+    if config.train.monitor == "auto":
+        config = config.replace("train", monitor=auto_monitor(imbalance).name)
+    if features:
+        if not config.features.heads:
+            config = config.replace("features", heads=DEFAULT_HEADS)
+        if config.features.views > 1 and not config.train.augment_config().enabled:
+            raise ConfigError(
+                "--views N makes augmented copies of each training image; it needs --augment other than none"
+            )
+        return config
+    finetune = config.finetune
+    if not config.model.pretrained and config.model.weights is None and finetune.bn_stats == "frozen":
+        finetune = dataclasses.replace(finetune, bn_stats="adapt")
+    if config.train.augment == "strong":
+        if finetune.mixup == 0 and finetune.cutmix == 0:
+            finetune = dataclasses.replace(finetune, mixup=0.2, cutmix=1.0)
+        if finetune.ema is None:
+            finetune = dataclasses.replace(finetune, ema=0.999)
+    return dataclasses.replace(config, finetune=finetune)
+
+
+def _train_sides(data: LabelledImages) -> list[int]:
+    return [min(i.width, i.height) for s in data.split("train") if (i := data.infos[s.path]).width and i.height]
+
+
+def _model_kwargs(config: RunConfig) -> dict[str, Any]:
+    m = config.model
+    return {
+        "pretrained": m.pretrained and config.train.method != "scratch",
+        "weights": m.weights,
+        "drop_rate": m.drop_rate,
+        "pool": m.pool,
+        "image_size": m.image_size,
+        "resize_mode": m.resize_mode,
+    }
+
+
+def _run_folder(
+    config: RunConfig, accelerator: Accelerator, resume: str | Path | None, *, overwrite: bool
+) -> RunFolder:
+    """runs/<date>-<data>-<backbone> unless --out says otherwise; the same path on every rank."""
+    if resume is not None:
+        path = Path(resume)
+    elif config.out:
+        path = Path(config.out)
+    else:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(config.data.source).stem or "data")
+        path = Path("runs") / (config.name or f"{datetime.now():%Y%m%d-%H%M%S}-{stem}-{config.model.backbone}")
+    holder = [str(path)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(holder)
+    run = RunFolder(holder[0])
+    if accelerator.is_main_process:  # refused before the folder or its lock file is created
+        run.check_target(overwrite=None if resume is not None else overwrite)
+    return run
+
+
+def _write_run_files(p: Prepared) -> None:
+    """config.yaml, classes.json, splits.csv and run.json: what is running, before the first epoch."""
+    p.run.write_config(p.config)
+    p.run.write_classes(p.data.classes)
+    p.run.write_splits([(str(s.path), s.label, s.split) for s in p.data.samples])
+    p.run.write_info(
+        {
+            "started": datetime.now().isoformat(timespec="seconds"),
+            "method": p.config.train.method,
+            "data_root": str(p.data.root),
+            "data_manifest_sha256": p.data.manifest_hash(),
+            "counts": p.data.counts(),
+            "imbalance_ratio": p.imbalance,
+            "monitor": p.monitor.name,
+            "monitor_mode": p.monitor.mode,
+            "precision": resolve_precision(p.config.train.precision),
+            "processes": p.accelerator.num_processes,
+            "parameters": p.model.parameter_summary(),
+            "versions": library_versions(VERSIONS),
+            "hardware": hardware(),
+        }
+    )
+
+
+# ----------------------------------------------------------------------------------------- finish
+def finish(p: Prepared, fitted: Fitted, started: float) -> TrainResult:
+    """Score valid (and test) with the kept model, calibrate on valid, write the bundle and results.json."""
+    logits, targets = fitted.logits("valid")
+    calibration = calibrate(logits, targets)
+    classes = len(p.data.classes)
+    metrics = split_metrics("valid", logits, targets, classes, calibration.temperature)
+    if "test" in p.data.splits:
+        metrics.update(split_metrics("test", *fitted.logits("test"), classes, calibration.temperature))
+    kept = {"best_epoch": fitted.best_epoch} if fitted.best_head is None else {"head": fitted.best_head}
+    if p.is_main:
+        meta = BundleMeta(
+            arch=fitted.model.arch,
+            classes=list(p.data.classes),
+            preprocessing=fitted.model.preprocessing,
+            metrics={**metrics, **kept, "monitor": p.monitor.name},
+            calibration=calibration,
+            training=_bundle_training(p, fitted),
+            versions=library_versions(VERSIONS),
+        )
+        with fitted.weights():
+            save_bundle(p.run.bundle_dir, fitted.model, meta)
+        p.run.write_results(
+            {"metrics": metrics, "monitor": p.monitor.name, "best_epoch": fitted.best_epoch, **fitted.results,
+             "calibration": calibration.to_dict(), "elapsed_s": time.perf_counter() - started}
+        )  # fmt: skip
+    p.accelerator.wait_for_everyone()
+    return TrainResult(
+        p.run.path,
+        p.run.bundle_dir,
+        metrics,
+        fitted.best_epoch,
+        time.perf_counter() - started,
+        p.config,
+        p.monitor,
+        best_head=fitted.best_head,
+        heads=fitted.results.get("heads", []),
+        extraction=fitted.results.get("extraction", {}),
+    )
+
+
+def _bundle_training(p: Prepared, fitted: Fitted) -> dict[str, Any]:
+    return {
+        "method": p.config.train.method,
+        "config": p.config.to_dict(),
+        "data_root": str(p.data.root),
+        "data_manifest_sha256": p.data.manifest_hash(),
+        "run_dir": str(p.run.path),
+        **fitted.bundle_training,
+    }
