@@ -15,7 +15,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from visiontune.data.images import is_image_file
-from visiontune.data.sources import Sample, _walk_files
+from visiontune.data.sources import Sample
+from visiontune.data.walk import walk_files
 from visiontune.errors import DatasetError
 from visiontune.evaluation.calibration import UNKNOWN_SCORES, unknown_scores, unknown_threshold
 
@@ -28,7 +29,7 @@ def ood_samples(folder: str | Path) -> list[Sample]:
     if not root.is_dir():
         what = "no such folder" if not root.exists() else "not a folder"
         raise DatasetError(f"{root}: {what}; --ood takes a folder of images of none of the model's classes")
-    paths = [p for p in _walk_files(root) if is_image_file(p)]
+    paths = [p for p in walk_files(root) if is_image_file(p)]
     if not paths:
         raise DatasetError(f"{root}: no image files; --ood takes a folder of images of none of the model's classes")
     return [Sample(path, OOD_LABEL) for path in paths]
