@@ -44,6 +44,16 @@ def write_class_folders(
     return root
 
 
+def write_labels_csv(folder: Path, *extra_rows: str) -> Path:
+    """folder/labels.csv listing every PNG under `folder` (path,label from its folder), sorted, then `extra_rows`.
+
+    With `class_folder` the trouser images are lines 22-31 (trouser_002.png is line 24); extra rows start at 32.
+    """
+    rows = [f"{p.relative_to(folder).as_posix()},{p.parent.name}" for p in sorted(folder.rglob("*.png"))]
+    (folder / "labels.csv").write_text("\n".join(["path,label", *rows, *extra_rows]) + "\n")
+    return folder / "labels.csv"
+
+
 @pytest.fixture
 def class_folder(tmp_path: Path, fashion: dict[str, np.ndarray]) -> Path:
     """tmp/data/{t-shirt_top,trouser,sneaker}/*.png, 10 real images each."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_class_folders
+from tests.conftest import write_class_folders, write_labels_csv
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,6 +65,25 @@ def test_inspect_unusable_data_exits_3(tmp_path: Path, fashion: dict) -> None:
 
 def test_inspect_missing_folder_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(visiontune("inspect", str(tmp_path / "nope")), "no such folder")
+
+
+def test_inspect_names_a_symlink_loop_and_counts_each_image_once(class_folder: Path, tmp_path: Path) -> None:
+    (class_folder / "trouser" / "loop").symlink_to("..")
+    proc = visiontune("inspect", str(class_folder), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    assert "30 files, 30 usable images" in proc.stdout and "trouser/loop" in proc.stdout
+
+
+def test_csv_file_under_two_labels_inspect_exits_3_and_train_refuses(class_folder: Path, tmp_path: Path) -> None:
+    csv_file = write_labels_csv(class_folder, "trouser/trouser_002.png,sneaker")
+    proc = visiontune("inspect", str(csv_file), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 3, proc.stderr
+    assert "NOT usable" in proc.stdout and "trouser/trouser_002.png" in proc.stdout
+    train = visiontune("train", str(csv_file), "--model", "small_cnn", "--out", str(tmp_path / "run"))
+    assert_one_line_error(
+        train, "labels.csv", "trouser/trouser_002.png", "'sneaker' (line 32)", "remove one of the rows"
+    )
+    assert train.returncode == 3
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import write_class_folders
+from tests.conftest import write_class_folders, write_labels_csv
 from tests.data import image_factories as factories
 from visiontune.config import DataConfig
 from visiontune.data.audit import AuditReport, inspect_data, suggest_image_size
@@ -195,3 +195,41 @@ def test_folder_without_images_raises(tmp_path: Path) -> None:
 )
 def test_suggested_image_size(min_side: int, size: int) -> None:
     assert suggest_image_size([min_side] * 3)[0] == size
+
+
+def test_symlink_loop_is_a_warning_with_its_path(class_folder: Path, tmp_path: Path) -> None:
+    (class_folder / "trouser" / "loop").symlink_to("..")
+    report = inspect_data(class_folder, out_dir=tmp_path / "out")
+    assert report.ok and report.class_totals == {"sneaker": 10, "t-shirt_top": 10, "trouser": 10}
+    assert report.duplicates == []
+    assert [(f["path"], f["target"], f["kind"]) for f in report.links] == [("trouser/loop", ".", "loop")]
+    assert any("loops, not followed" in w and "trouser/loop" in w for w in report.warnings)
+    assert json.loads((tmp_path / "out" / "inspect.json").read_text())["links"] == report.links
+
+
+def test_link_to_another_class_file_is_a_conflicting_label(class_folder: Path) -> None:
+    (class_folder / "sneaker" / "alias.png").symlink_to("../trouser/trouser_004.png")
+    report = inspect_data(class_folder)
+    (group,) = _groups_with(report, "sneaker/alias.png")
+    assert (group["kind"], group["scope"], group["labels"]) == ("exact", "conflicting_labels", ["sneaker", "trouser"])
+    assert {f["path"] for f in group["files"]} == {"sneaker/alias.png", "trouser/trouser_004.png"}
+    assert "more than one class" in " ".join(report.warnings)
+
+
+def test_csv_file_under_two_labels_makes_the_data_unusable(class_folder: Path) -> None:
+    report = inspect_data(write_labels_csv(class_folder, "trouser/trouser_002.png,sneaker"))
+    assert not report.ok  # load_data refuses it, so inspect must not call it usable
+    assert report.label_conflicts == [
+        {"path": "trouser/trouser_002.png", "labels": ["sneaker", "trouser"], "lines": [24, 32]}
+    ]
+    assert "trouser/trouser_002.png" in report.problems[0] and "remove one of the rows" in report.problems[0]
+    assert report.num_images == 29  # left out, not counted under either label
+
+
+def test_csv_repeated_row_is_a_warning(class_folder: Path) -> None:
+    report = inspect_data(write_labels_csv(class_folder, "trouser/trouser_002.png,trouser"))
+    assert report.ok and report.num_images == 30
+    assert report.repeated_rows == [
+        {"path": "trouser/trouser_002.png", "reason": "labels.csv:32 repeats line 24; used once"}
+    ]
+    assert any("CSV rows repeating a file" in w for w in report.warnings)

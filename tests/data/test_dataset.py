@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import write_class_folders
+from tests.conftest import write_class_folders, write_labels_csv
 from visiontune.config import DataConfig
 from visiontune.data.dataset import load_data
 from visiontune.data.fileinfo import scan_files
@@ -102,3 +103,35 @@ def test_file_info_cache_reads_changed_files_only(class_folder: Path, tmp_path: 
     assert seen[0] == len(paths) - 1  # all but the changed file came from the cache at once
     assert second[1:] == first[1:]
     assert second[0].sha256 != first[0].sha256
+
+
+def test_symlink_loop_is_logged_and_not_trained_on(class_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (class_folder / "trouser" / "loop").symlink_to("..")
+    with caplog.at_level(logging.WARNING, logger="visiontune.data.dataset"):
+        data = load_data(class_folder)
+    assert Counter(s.label for s in data.samples) == {"sneaker": 10, "t-shirt_top": 10, "trouser": 10}
+    assert "1 symbolic link(s)" in caplog.text and str(class_folder / "trouser" / "loop") in caplog.text
+
+
+def test_csv_file_under_two_labels_is_refused_in_one_line(class_folder: Path) -> None:
+    csv_file = write_labels_csv(class_folder, "trouser/trouser_002.png,sneaker")
+    with pytest.raises(DatasetError) as caught:
+        load_data(csv_file)
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in (
+        str(csv_file),
+        "trouser/trouser_002.png",
+        "'trouser' (line 24)",
+        "'sneaker' (line 32)",
+        "remove one",
+    ):
+        assert fragment in message
+
+
+def test_csv_repeated_row_trains_once_and_is_logged(class_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    csv_file = write_labels_csv(class_folder, "trouser/trouser_002.png,trouser")
+    with caplog.at_level(logging.WARNING, logger="visiontune.data.dataset"):
+        data = load_data(csv_file)
+    assert len(data.samples) == 30 and len({s.path for s in data.samples}) == 30
+    assert "labels.csv:32 repeats line 24" in caplog.text

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import write_class_folders
+from tests.conftest import write_class_folders, write_labels_csv
 from visiontune.data.sources import from_csv, from_folder, from_name_func, from_name_re, scan_source, sort_labels
 from visiontune.errors import DatasetError
 
@@ -131,3 +133,60 @@ def test_extensions_any_case(tmp_path: Path) -> None:
 
 def test_natural_label_order() -> None:
     assert sort_labels(["10", "2", "b", "A", "1"]) == ["1", "2", "10", "A", "b"]
+
+
+def test_symlink_loop_is_reported_not_walked(class_folder: Path) -> None:
+    (class_folder / "trouser" / "loop").symlink_to("..")  # os.walk(followlinks=True) copied every class in, 141x
+    scan = from_folder(class_folder)
+    assert Counter(s.label for s in scan.samples) == {"sneaker": 10, "t-shirt_top": 10, "trouser": 10}
+    assert all(s.path.parent.name == s.label for s in scan.samples)
+    assert [(f.path, f.kind) for f in scan.links] == [(class_folder / "trouser" / "loop", "loop")]
+
+
+def test_a_file_reached_twice_through_links_is_listed_once(class_folder: Path) -> None:
+    trouser = class_folder / "trouser"
+    (trouser / "again.png").symlink_to("trouser_001.png")
+    (trouser / "sub").mkdir()
+    shutil.move(trouser / "trouser_009.png", trouser / "sub" / "moved.png")
+    (trouser / "a_link_to_sub").symlink_to("sub")  # sorts before sub/: the direct path must still win
+    scan = from_folder(class_folder)
+    listed = sorted(s.path.relative_to(trouser).as_posix() for s in scan.samples if s.label == "trouser")
+    assert len(listed) == 10 and "sub/moved.png" in listed and "trouser_001.png" in listed
+    repeats = {f.path.relative_to(trouser).as_posix(): f.kind for f in scan.links}
+    assert repeats == {"again.png": "repeat", "a_link_to_sub": "repeat"}
+
+
+def test_links_leaving_the_root_are_followed_and_reported(class_folder: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.move(class_folder / "sneaker" / "sneaker_000.png", outside / "kept.png")
+    (class_folder / "sneaker" / "farm").symlink_to(outside)
+    (class_folder / "trouser" / "up").symlink_to(tmp_path)  # contains the data root: a loop, not followed
+    scan = from_folder(class_folder)
+    assert Counter(s.label for s in scan.samples) == {"sneaker": 10, "t-shirt_top": 10, "trouser": 10}
+    found = {(f.path.relative_to(class_folder).as_posix(), f.target, f.kind) for f in scan.links}
+    assert found == {("sneaker/farm", outside, "outside_root"), ("trouser/up", tmp_path, "loop")}
+
+
+def test_class_folder_linked_to_the_root_is_a_loop_not_a_class(class_folder: Path) -> None:
+    (class_folder / "everything").symlink_to(".")
+    scan = from_folder(class_folder)
+    assert scan.classes == ["sneaker", "t-shirt_top", "trouser"] and len(scan.samples) == 30
+    assert [f.kind for f in scan.links] == ["loop"] and scan.empty_classes == []
+
+
+def test_csv_row_repeating_a_file_is_used_once(class_folder: Path) -> None:
+    csv_file = write_labels_csv(class_folder, "./trouser/trouser_002.png,trouser")  # line 32, same file as line 24
+    scan = from_csv(csv_file)
+    assert len(scan.samples) == 30
+    assert [(p.name, why) for p, why in scan.repeated_rows] == [
+        ("trouser_002.png", "labels.csv:32 repeats line 24; used once")
+    ]
+    assert scan.label_conflicts == []
+
+
+def test_csv_file_under_two_labels_is_left_out_and_recorded(class_folder: Path) -> None:
+    scan = from_csv(write_labels_csv(class_folder, "trouser/trouser_002.png,sneaker"))
+    assert len(scan.samples) == 29 and class_folder / "trouser/trouser_002.png" not in {s.path for s in scan.samples}
+    (conflict,) = scan.label_conflicts
+    assert conflict.rows == ((24, "trouser"), (32, "sneaker")) and conflict.labels == ["sneaker", "trouser"]

@@ -66,6 +66,9 @@ def render(report: AuditReport) -> None:
         ("Unreadable files (skipped)", [(r["path"], r["reason"]) for r in report.unreadable]),
         ("Unsupported files (ignored)", [(r["path"], r["reason"]) for r in report.unsupported]),
         ("Empty class folders", [(c, "no images") for c in report.empty_classes]),
+        ("Symbolic links", [(f["path"], f"-> {f['target']}: {f['note']}") for f in report.links]),
+        ("Repeated CSV rows (each file used once)", [(r["path"], r["reason"]) for r in report.repeated_rows]),
+        ("Files the CSV lists under two labels (left out)", _conflict_rows(report)),
     ):
         if rows:
             console.print(_list_table(title, rows))
@@ -77,6 +80,13 @@ def render(report: AuditReport) -> None:
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
     for split, path in report.grids.items():
         console.print(f"sample grid ({split}): {path}")
+
+
+def _conflict_rows(report: AuditReport) -> list[tuple[str, str]]:
+    return [
+        (c["path"], f"labels {', '.join(c['labels'])} on lines {', '.join(map(str, c['lines']))}; remove one row")
+        for c in report.label_conflicts
+    ]
 
 
 def _counts_table(report: AuditReport) -> Table:

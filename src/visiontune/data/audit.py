@@ -3,8 +3,12 @@
 One pass of `load_data` reads every file once (hash, header, decode check, pHash); everything
 here is computed from those facts: counts and imbalance, image sizes and a suggested
 `image_size`, unreadable and skipped files, and duplicates within a class, across classes
-(conflicting labels) and across splits (leakage). Only fatal problems make the data unusable;
-everything else is a warning.
+(conflicting labels) and across splits (leakage), symbolic links that loop, leave the data folder
+or reach a file twice, and repeated or contradicting CSV rows. Only fatal problems make the data
+unusable: what `load_data` would refuse to train on (fewer than two classes, a class missing from a
+split, a file a CSV lists under two labels). Everything else is a warning: duplicate images under
+two classes are separate files that train can use, so they stay warnings, like links that reach one
+file from two class folders (they show up as exact duplicates with conflicting labels).
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ class AuditReport:
     conflicting_labels > cross_split > within_class. `files` holds `{"path", "label", "split"}`.
     `unsupported` lists every file the source passed over with its reason: unsupported extensions, and
     files outside class or split folders. `total_bytes` counts every image file read, usable or not.
+    `links` lists symbolic links that were not simply followed, as `{"path", "target", "kind", "note"}` with kind
+    loop (not entered), outside_root (followed) or repeat (reaches a file or folder already listed; listed once).
+    `repeated_rows` lists CSV rows naming a file already listed with the same label (`{"path", "reason"}`, used
+    once); `label_conflicts` lists files a CSV gives two labels (`{"path", "labels", "lines"}`), left out and a
+    problem, since `load_data` refuses them.
     `problems` make the data unusable (`ok` is False); `warnings` are worth reading but not fatal.
     """
 
@@ -72,6 +81,9 @@ class AuditReport:
     unsupported: list[dict[str, str]] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
+    links: list[dict[str, str]] = field(default_factory=list)
+    repeated_rows: list[dict[str, str]] = field(default_factory=list)
+    label_conflicts: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     grids: dict[str, str] = field(default_factory=dict)
@@ -146,6 +158,12 @@ def build_report(data: LabelledImages, config: DataConfig) -> AuditReport:
         unsupported=[{"path": rel(p), "reason": why} for p, why in data.skipped],
         empty_classes=list(data.empty_classes),
         duplicates=find_duplicates(data, rel),
+        links=[{"path": rel(f.path), "target": rel(f.target), "kind": f.kind, "note": f.note} for f in data.links],
+        repeated_rows=[{"path": rel(p), "reason": why} for p, why in data.repeated_rows],
+        label_conflicts=[
+            {"path": rel(c.path), "labels": c.labels, "lines": [line for line, _ in c.rows]}
+            for c in data.label_conflicts
+        ],
     )
     report.problems = _problems(data)
     report.warnings = _warnings(report)
@@ -244,19 +262,28 @@ def _group(kind: str, members: list[Sample], relative: Callable[[str | Path], st
 
 
 def _problems(data: LabelledImages) -> list[str]:
-    """Fatal findings: no usable image, fewer than two classes, a class missing from a split."""
-    if not data.samples:
-        return [f"{data.root}: none of the {len(data.infos)} image files can be decoded; nothing to train on"]
+    """Fatal findings: a file with two labels, no usable image, fewer than two classes, a class missing from a split."""
+    problems = []
     try:
-        data.check()
+        data.check_labels()
     except DatasetError as exc:
-        return [str(exc)]
-    return []
+        problems.append(str(exc))
+    if not data.samples:
+        undecodable = f"{data.root}: none of the {len(data.infos)} image files can be decoded; nothing to train on"
+        return [*problems, undecodable]
+    try:
+        data.check_classes()
+    except DatasetError as exc:
+        problems.append(str(exc))
+    return problems
 
 
 def _warnings(report: AuditReport) -> list[str]:
     """One line per kind of non-fatal finding, in the order a user should fix them."""
-    lines = _duplicate_warnings(report.duplicates)
+    lines = _duplicate_warnings(report.duplicates) + _link_warnings(report.links)
+    if report.repeated_rows:
+        count = len(report.repeated_rows)
+        lines.append(f"CSV rows repeating a file already listed with the same label, each file used once: {count}")
     if report.unreadable:
         lines.append(f"{_n(len(report.unreadable), 'unreadable file')} skipped (truncated, corrupt or not an image)")
     if report.unsupported:
@@ -285,6 +312,24 @@ def _duplicate_warnings(groups: list[dict[str, Any]]) -> list[str]:
             if hits:
                 files = sum(len(g["files"]) for g in hits)
                 lines.append(f"{files} images in {_n(len(hits), f'{kind}-duplicate group')} {messages[scope]}")
+    return lines
+
+
+LINK_WARNINGS = {
+    "loop": "symbolic link loops, not followed",
+    "outside_root": "symbolic links leading outside the data folder, followed",
+    "repeat": "symbolic links to a file or folder already listed, listed once",
+}
+
+
+def _link_warnings(links: list[dict[str, str]]) -> list[str]:
+    """One line per kind, naming the first links: a loop is the one a user must see."""
+    lines = []
+    for kind, what in LINK_WARNINGS.items():
+        found = [f for f in links if f["kind"] == kind]
+        if found:
+            named = ", ".join(f"{f['path']} -> {f['target']}" for f in found[:3]) + (", ..." if len(found) > 3 else "")
+            lines.append(f"{what}: {len(found)} ({named})")
     return lines
 
 

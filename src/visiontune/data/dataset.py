@@ -2,7 +2,8 @@
 
 This is the data layer's one entry point: scan the source, read every file once (hash, header,
 decode check), drop what can't be decoded, group duplicates, split, subsample, and check that
-each class is present where training needs it.
+each class is present where training needs it. What the scan listed once or left out (symbolic
+links, repeated CSV rows, files a CSV gives two labels) is logged here and kept for the audit.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 from visiontune.config import DataConfig
 from visiontune.data import duplicates, split
 from visiontune.data.fileinfo import FileInfo, scan_files
-from visiontune.data.sources import SPLITS, Sample, Scan, from_name_func, scan_source, sort_labels
+from visiontune.data.sources import SPLITS, LabelConflict, Sample, Scan, from_name_func, scan_source, sort_labels
+from visiontune.data.walk import LinkFinding
 from visiontune.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,9 @@ class LabelledImages:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     duplicate_links: dict[str, list[tuple[Path, Path]]] = field(default_factory=dict)  # "exact"/"near" path pairs
+    links: list[LinkFinding] = field(default_factory=list)
+    repeated_rows: list[tuple[Path, str]] = field(default_factory=list)
+    label_conflicts: list[LabelConflict] = field(default_factory=list)
 
     @property
     def class_to_idx(self) -> dict[str, int]:
@@ -67,6 +72,16 @@ class LabelledImages:
         return digest.hexdigest()
 
     def check(self) -> None:
+        """Raise DatasetError unless every file has one label, there are two classes, and each is in every split."""
+        self.check_labels()
+        self.check_classes()
+
+    def check_labels(self) -> None:
+        """Raise DatasetError when the source lists a file under two labels: no label can be trusted."""
+        if self.label_conflicts:
+            raise DatasetError(label_conflict_message(self.label_conflicts))
+
+    def check_classes(self) -> None:
         """Raise DatasetError unless there are two classes and each has images in every split."""
         if len(self.classes) < 2:
             found = self.classes[0] if self.classes else "none"
@@ -78,6 +93,12 @@ class LabelledImages:
                     f"{self.root}: class {missing[0]!r} has no images in the {name} split; "
                     "add images or lower valid_pct"
                 )
+
+
+def label_conflict_message(conflicts: list[LabelConflict]) -> str:
+    """One line: the first conflict in full, and how many more there are."""
+    more = len(conflicts) - 1
+    return conflicts[0].describe() + (f" ({more} more such file(s): `visiontune inspect` lists them)" if more else "")
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -105,6 +126,9 @@ def load_data(
     """
     config = config or DataConfig()
     scan = _scan(source, config, label_func)
+    if check and scan.label_conflicts:  # before reading any file: this needs a fix in the CSV
+        raise DatasetError(label_conflict_message(scan.label_conflicts))
+    _log_findings(scan)
     paths = [s.path for s in scan.samples]
     if on_total:
         on_total(len(paths))
@@ -118,10 +142,25 @@ def load_data(
     samples = _split(good, links, scan.root, config)
     data = LabelledImages(scan.root, scan.kind, sort_labels(s.label for s in samples), samples, by_path, unreadable)
     data.skipped, data.empty_classes = scan.skipped, scan.empty_classes
+    data.links, data.repeated_rows, data.label_conflicts = scan.links, scan.repeated_rows, scan.label_conflicts
     data.duplicate_links = {kind: [(good[a].path, good[b].path) for a, b in pairs] for kind, pairs in links.items()}
     if check:
         data.check()
     return data
+
+
+def _log_findings(scan: Scan) -> None:
+    """One warning per kind of finding, with an example: a symlink farm may hold thousands of links."""
+    for kind in ("loop", "outside_root", "repeat"):
+        found = [f for f in scan.links if f.kind == kind]
+        if found:
+            first = found[0]
+            log.warning("%d symbolic link(s) %s, e.g. %s -> %s", len(found), first.note, first.path, first.target)
+    if scan.repeated_rows:
+        path, why = scan.repeated_rows[0]
+        log.warning("%d CSV row(s) repeat a file with the same label, e.g. %s (%s)", len(scan.repeated_rows), path, why)
+    if scan.label_conflicts:
+        log.warning("left out: %s", label_conflict_message(scan.label_conflicts))
 
 
 def _scan(source: str | Path | Scan, config: DataConfig, label_func: Callable[[Path], object] | None) -> Scan:

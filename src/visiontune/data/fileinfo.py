@@ -113,8 +113,18 @@ def default_cache_path() -> Path:
     return Path(base) / "files.sqlite"
 
 
+def _cache_key(path: str) -> str | bytes:
+    """The absolute path; as bytes when the name is not valid UTF-8 (sqlite refuses the lone surrogates Python uses)."""
+    key = os.path.abspath(path)
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(key)
+    return key
+
+
 def _row(i: FileInfo, st: os.stat_result) -> tuple[object, ...]:
-    key = (os.path.abspath(i.path), st.st_size, st.st_mtime_ns)
+    key = (_cache_key(i.path), st.st_size, st.st_mtime_ns)
     return (*key, i.sha256, i.width, i.height, i.mode, i.format, format(i.phash, "016x"), i.thumb)
 
 
@@ -143,7 +153,7 @@ class FileInfoCache:
         row = self._db.execute(
             f"SELECT sha256, width, height, mode, format, phash, thumb FROM files_v{CACHE_VERSION}"
             " WHERE key = ? AND size = ? AND mtime = ?",
-            (os.path.abspath(path), stat.st_size, stat.st_mtime_ns),
+            (_cache_key(path), stat.st_size, stat.st_mtime_ns),
         ).fetchone()
         if row is None:
             return None

@@ -1,7 +1,10 @@
 """Where labels come from: class folders, split folders, a CSV, or the file names.
 
 Every source returns a `Scan`: the labelled samples it found (split set where the source says so)
-plus what it passed over and why, so the audit can report it. Nothing here opens an image.
+plus what it passed over and why, so the audit can report it. Each real file is listed once per
+class folder (links are followed once, see walk.py) and once per CSV: a repeated CSV row is used
+once, and a file the CSV lists under two labels is left out and recorded as a `LabelConflict`,
+which `load_data` refuses. Nothing here opens an image.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from visiontune.data.images import is_image_file
+from visiontune.data.walk import LinkFinding, walk_files
 from visiontune.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -42,15 +46,42 @@ class Sample:
     group: str | None = None
 
 
+@dataclass(frozen=True)
+class LabelConflict:
+    """One file a CSV lists under more than one label: the (line, label) of every row that lists it."""
+
+    source: Path
+    path: Path
+    rows: tuple[tuple[int, str], ...]
+
+    @property
+    def labels(self) -> list[str]:
+        return sort_labels(label for _, label in self.rows)
+
+    def describe(self) -> str:
+        """One line naming the CSV, the file and its labels, and the fix."""
+        listed = " and ".join(f"{label!r} (line {line})" for line, label in self.rows)
+        path = _relative_to(self.path, self.source.parent)
+        return f"{self.source}: {path} is listed as {listed}; remove one of the rows"
+
+
 @dataclass
 class Scan:
-    """What a source found: samples, plus the files it passed over and the class folders that were empty."""
+    """What a source found: samples, plus what it passed over or listed once, and why.
+
+    `skipped`: files passed over; `empty_classes`: class folders without images; `links`: symbolic
+    links that loop, leave the root or repeat a file; `repeated_rows`: CSV rows naming a file already
+    listed with the same label (used once); `label_conflicts`: files a CSV lists under two labels.
+    """
 
     root: Path
     kind: str
     samples: list[Sample]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    links: list[LinkFinding] = field(default_factory=list)
+    repeated_rows: list[tuple[Path, str]] = field(default_factory=list)
+    label_conflicts: list[LabelConflict] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -79,13 +110,11 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def walk_files(root: Path) -> list[Path]:
-    """All non-hidden files under `root`, sorted by relative path so every machine sees one order."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath, f) for f in filenames if not f.startswith("."))
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+def _relative_to(path: Path, folder: Path) -> str:
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def _partition(files: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -140,7 +169,10 @@ def from_folder(root: str | Path, *, group_regex: str | None = None) -> Scan:
 
 def _add_class_folders(scan: Scan, folder: Path, *, split: str | None, group_regex: str | None) -> None:
     for class_dir in _subdirs(folder):
-        images, skipped = _partition(walk_files(class_dir))
+        known = len(scan.links)
+        images, skipped = _partition(walk_files(class_dir, root=scan.root, links=scan.links))
+        if any(f.path == class_dir and f.kind == "loop" for f in scan.links[known:]):
+            continue  # a class folder linked to the root or above: reported, not a class
         scan.skipped.extend(skipped)
         if not images:
             scan.empty_classes.append(class_dir.relative_to(scan.root).as_posix())
@@ -153,7 +185,8 @@ def _add_class_folders(scan: Scan, folder: Path, *, split: str | None, group_reg
 def _skip_loose_files(scan: Scan, root: Path, *, keep: set[Path]) -> None:
     for sub in _subdirs(root):
         if sub not in keep:
-            scan.skipped.extend((p, f"folder {sub.name}/ is not a split name") for p in walk_files(sub))
+            files = walk_files(sub, root=root, links=scan.links)
+            scan.skipped.extend((p, f"folder {sub.name}/ is not a split name") for p in files)
     scan.skipped.extend((p, "not inside a split folder") for p in sorted(root.iterdir()) if p.is_file() and _visible(p))
 
 
@@ -182,8 +215,10 @@ def from_csv(
             )
     scan = Scan(csv_path.parent, "csv", [])
     columns = (path_col, label_col, split_col if split_col in header else None, group_col)
-    for line, row in enumerate(rows, start=2):
-        _add_csv_row(scan, csv_path, line, row, *columns)
+    listed = [(line, _csv_sample(scan, csv_path, line, row, *columns)) for line, row in enumerate(rows, start=2)]
+    _one_row_per_file(scan, csv_path, [(line, sample) for line, sample in listed if sample is not None])
+    if not scan.samples and scan.label_conflicts:
+        raise DatasetError(scan.label_conflicts[0].describe())
     return _checked(scan, hint="check the path column: paths are relative to the CSV's folder")
 
 
@@ -200,7 +235,7 @@ def _read_table(csv_path: Path) -> tuple[list[str], list[dict[str, str]], str]:
     return header, rows, "tab" if delimiter == "\t" else "comma"
 
 
-def _add_csv_row(
+def _csv_sample(
     scan: Scan,
     csv_path: Path,
     line: int,
@@ -209,21 +244,42 @@ def _add_csv_row(
     label_col: str,
     split_col: str | None,
     group_col: str | None,
-) -> None:
+) -> Sample | None:
+    """The sample one row names, or None (recorded in `scan.skipped`) when its file is missing or not an image."""
     raw, label = row.get(path_col) or "", row.get(label_col) or ""
     if not raw or not label:
         raise DatasetError(f"{csv_path}:{line}: empty {path_col if not raw else label_col!r}; every row needs both")
     path = Path(raw) if Path(raw).is_absolute() else csv_path.parent / raw
     if not path.is_file():
         scan.skipped.append((path, f"listed at {csv_path.name}:{line} but missing"))
-        return
+        return None
     if not is_image_file(path):
         scan.skipped.append((path, f"unsupported file extension {path.suffix or '(none)'!r}"))
-        return
+        return None
     split_value = row.get(split_col) if split_col else None
     split = normalise_split(split_value, where=f"{csv_path}:{line}") if split_value else None
     group = row.get(group_col) or None if group_col else None
-    scan.samples.append(Sample(path, label, split, group))
+    return Sample(path, label, split, group)
+
+
+def _one_row_per_file(scan: Scan, csv_path: Path, listed: list[tuple[int, Sample]]) -> None:
+    """Each real file once, at its first row: training on a file twice weights it twice.
+
+    Rows repeating a file with the same label are noted in `scan.repeated_rows`; a file listed under
+    two labels is kept out of the samples and recorded as a LabelConflict (there is no right label to pick).
+    """
+    by_file: dict[str, list[tuple[int, Sample]]] = {}
+    for line, sample in listed:  # "a.png", "./a.png" and a link to it are one file
+        by_file.setdefault(os.path.realpath(sample.path), []).append((line, sample))
+    for rows in by_file.values():
+        (first_line, first), *others = rows
+        if any(sample.label != first.label for _, sample in others):
+            conflict = LabelConflict(csv_path, first.path, tuple((line, s.label) for line, s in rows))
+            scan.label_conflicts.append(conflict)
+            continue
+        scan.samples.append(first)
+        for line, sample in others:
+            scan.repeated_rows.append((sample.path, f"{csv_path.name}:{line} repeats line {first_line}; used once"))
 
 
 def from_name_re(root: str | Path, pattern: str, *, group_regex: str | None = None) -> Scan:
@@ -268,8 +324,8 @@ def from_name_func(root: str | Path, func: Callable[[Path], object], *, group_re
 def _from_labeller(
     root: Path, kind: str, label_of: Callable[[Path], str | None], what: str, group_regex: str | None
 ) -> Scan:
-    images, skipped = _partition(walk_files(root))
-    scan = Scan(root, kind, [], skipped)
+    scan = Scan(root, kind, [])
+    images, scan.skipped = _partition(walk_files(root, links=scan.links))
     group = _group_fn(group_regex)
     for path in images:
         label = label_of(path)

@@ -16,7 +16,8 @@ from sklearn.metrics import roc_auc_score
 
 from visiontune.calibration import UNKNOWN_SCORES, Calibration
 from visiontune.data.images import is_image_file
-from visiontune.data.sources import Sample, walk_files
+from visiontune.data.sources import Sample
+from visiontune.data.walk import walk_files
 from visiontune.errors import DatasetError
 
 OOD_LABEL = "(ood)"  # a placeholder label: OOD images have no class
