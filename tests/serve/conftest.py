@@ -13,6 +13,8 @@ from PIL import Image
 from visiontune.predict import Predictor
 from visiontune.serve import ServeConfig, create_app
 
+BASE_URL = "http://localhost"  # a host the server allows by default (TestClient's own is "testserver")
+
 
 @pytest.fixture(scope="session")
 def served_predictor(finetuned_run: Path) -> Predictor:
@@ -26,7 +28,7 @@ def make_client(served_predictor: Predictor, finetuned_run: Path) -> Iterator[Ca
 
     def make(**settings: object) -> TestClient:
         config = ServeConfig(model=str(finetuned_run), **settings)  # type: ignore[arg-type]
-        client = TestClient(create_app(config, predictor=served_predictor))
+        client = TestClient(create_app(config, predictor=served_predictor), base_url=BASE_URL)
         client.__enter__()
         clients.append(client)
         return client

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.serve.conftest import jpeg_bytes
+from tests.serve.conftest import BASE_URL, jpeg_bytes
 from visiontune.bundle import read_meta
 from visiontune.predict import Predictor
 
@@ -147,7 +147,7 @@ def test_serving_an_onnx_file_gives_torch_top1_on_the_test_split(
     from visiontune.serve import ServeConfig, create_app
 
     app = create_app(ServeConfig(model=str(finetuned_onnx.path), backend="onnx"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=BASE_URL) as client:
         assert client.get("/info").json()["backend"] == "onnx"
         files = [("files", (p.name, p.read_bytes(), "image/png")) for p in test_images]
         answers = client.post("/predict/batch?topk=1", files=files).json()
@@ -165,7 +165,7 @@ def test_serving_needs_no_training_code(finetuned_run: Path, test_images: list[P
 import sys
 from fastapi.testclient import TestClient
 from visiontune.serve import ServeConfig, create_app
-with TestClient(create_app(ServeConfig(model={str(finetuned_run)!r}))) as client:
+with TestClient(create_app(ServeConfig(model={str(finetuned_run)!r})), base_url={BASE_URL!r}) as client:
     assert client.post("/predict", content=open({str(test_images[0])!r}, "rb").read()).status_code == 200
 heavy = ("accelerate", "sklearn", "optuna", "matplotlib", "onnx", "visiontune.training", "visiontune.features")
 print(sorted(name for name in sys.modules if any(name == h or name.startswith(h + ".") for h in heavy)))

@@ -100,7 +100,7 @@ def test_concurrent_http_requests_share_forward_passes(
     async def scenario() -> tuple[list[str], dict]:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://serve.test") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 responses = await asyncio.gather(
                     *(client.post("/predict", files={"file": (p.name, p.read_bytes())}) for p in chosen)
                 )

@@ -28,6 +28,20 @@ def serve_command(
     max_pixels: Annotated[int, Opt(min=1, help="Largest image accepted, width x height, read from the header.")] = (
         40_000_000
     ),
+    max_request_mb: Annotated[
+        float, Opt(min=0.001, help="Largest /predict/batch request, all its images together (413 above).")
+    ] = 50.0,
+    pixel_budget: Annotated[
+        int, Opt(min=1, help="Pixels all requests may be decoding at once; above it images wait, then 503.")
+    ] = 100_000_000,
+    allowed_host: Annotated[
+        list[str] | None,
+        Opt(metavar="NAME", help="Another Host name to answer (repeatable; '*': any). Loopback and --host always are."),
+    ] = None,
+    allow_origin: Annotated[
+        list[str] | None,
+        Opt(metavar="ORIGIN", help="Another site (https://app.example) whose pages may POST here (repeatable)."),
+    ] = None,
     topk: Annotated[int, Opt(min=1, help="Classes per answer unless the request asks (?topk=N).")] = 5,
     access_log: Annotated[bool, Opt("--access-log", help="Log every request.")] = False,
 ) -> int:
@@ -39,6 +53,7 @@ def serve_command(
         import uvicorn
 
         from visiontune.serve import ServeConfig, create_app
+        from visiontune.serve.guards import LOOPBACK_HOSTS, allowed_hosts
     except ImportError as exc:
         raise MissingPackageError(f"serving needs {exc.name}: pip install 'visiontune[serve]'") from exc
     from visiontune.predict import load
@@ -52,12 +67,21 @@ def serve_command(
         max_wait_ms=max_wait_ms,
         max_upload_mb=max_upload_mb,
         max_pixels=max_pixels,
+        max_request_mb=max_request_mb,
+        pixel_budget=pixel_budget,
+        allowed_hosts=allowed_hosts(host, allowed_host or ()),
+        allow_origins=tuple(allow_origin or ()),
         topk=topk,
     )
     predictor = load(model, device=device, backend=backend)  # errors here are one line, before the server starts
     if not _loopback(host) and config.api_key is None:
         err_console.print(
             f"[yellow]warning:[/] listening on {host} with no API key: anyone who can reach it can use the model"
+        )
+    if config.allowed_hosts == LOOPBACK_HOSTS and not _loopback(host):
+        err_console.print(
+            f"[yellow]note:[/] listening on {host}, but answering only requests addressed to"
+            f" {', '.join(LOOPBACK_HOSTS)}: add --allowed-host NAME for the name other machines use (or '*' for any)"
         )
     shown = f"[{host}]" if ":" in host else host
     runtime = "onnxruntime" if type(predictor.model).__name__ == "OnnxModel" else f"torch, {predictor.device}"

@@ -8,9 +8,11 @@
     GET  /docs           OpenAPI docs (Swagger UI from local files), /openapi.json
 
 A prediction is exactly one item of `visiontune predict --format json`. Bad input is a 4xx with
-{"error": "..."} naming the problem (413 too large, 422 not a readable image, 401 wrong key);
-nothing a client sends stops the server. The model is loaded once (by the caller, or the
-lifespan) and runs only in the batcher's thread.
+{"error": "..."} naming the problem (413 too large, 422 not a readable image, 401 wrong key, 400 a
+Host the server was not started for, 403 a post from another site's page); a 503 with Retry-After
+means the pixel budget (budget.py) stayed full. Nothing a client sends stops the server or stalls
+the event loop: JSON parsing, base64 and image decoding run in worker threads. The model is loaded
+once (by the caller, or the lifespan) and runs only in the batcher's thread.
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ from starlette.exceptions import HTTPException
 
 from visiontune.config import check_choice, check_range
 from visiontune.data.transforms import pixel_transform
-from visiontune.errors import ImageError, ImageTooLargeError, VisiontuneError
+from visiontune.errors import ConfigError, ImageError, ImageTooLargeError, VisiontuneError
 from visiontune.io import json_safe
 from visiontune.predict.onnx_backend import OnnxModel
 from visiontune.predict.predictor import BACKENDS, Prediction, Predictor
 from visiontune.serve.batching import DynamicBatcher
-from visiontune.serve.uploads import BodyLimit, decode_base64, decode_upload
+from visiontune.serve.budget import RETRY_AFTER_S, TRIM_PIXELS, PixelBudget, ServerBusyError, return_freed_memory
+from visiontune.serve.guards import LOOPBACK_HOSTS, HostGuard, normal_origin
+from visiontune.serve.uploads import BodyLimit, decode_base64, decode_upload, pixels_to_decode
 from visiontune.version import __version__
 
 log = logging.getLogger(__name__)
@@ -55,7 +59,13 @@ UPLOAD_HELP = 'send the image as multipart field \'file\', as JSON {"image": "<b
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """How the service loads its model and what it accepts; `api_key=None` leaves predictions open."""
+    """How the service loads its model and what it accepts; `api_key=None` leaves predictions open.
+
+    `max_request_mb` bounds a whole /predict/batch body (all its images); `pixel_budget` the pixels
+    all requests together may be decoding at once (an image waits up to `busy_wait_s` for room,
+    then 503). `allowed_hosts` are the Host names answered ("*": any); `allow_origins` the other
+    sites' origins ("https://app.example") whose pages may POST here.
+    """
 
     model: str = ""
     backend: str = "torch"
@@ -66,6 +76,11 @@ class ServeConfig:
     max_upload_mb: float = 10.0
     max_pixels: int = 40_000_000
     max_files: int = 32
+    max_request_mb: float = 50.0
+    pixel_budget: int = 100_000_000
+    busy_wait_s: float = 10.0
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    allow_origins: tuple[str, ...] = ()
     topk: int = 5
 
     def __post_init__(self) -> None:
@@ -75,16 +90,31 @@ class ServeConfig:
         check_range("max_upload_mb", self.max_upload_mb, 0.001, 1024.0)
         check_range("max_pixels", self.max_pixels, 1, 10**10)
         check_range("max_files", self.max_files, 1, 4096)
+        check_range("max_request_mb", self.max_request_mb, 0.001, 4096.0)
+        check_range("pixel_budget", self.pixel_budget, self.max_pixels, 10**12)  # one largest image must fit
+        check_range("busy_wait_s", self.busy_wait_s, 0.0, 3600.0)
         check_range("topk", self.topk, 1, 1_000_000)
+        if not self.allowed_hosts:
+            raise ConfigError("`allowed_hosts` needs at least one name ('*' for any). Received: allowed_hosts=()")
+        for origin in self.allow_origins:
+            if origin != "*" and not normal_origin(origin).startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"`allow_origins` entries must look like https://app.example[:port]. Received: {origin!r}"
+                )
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1_000_000)
 
     def body_limit(self, path: str) -> int | None:
-        """Bytes a request body may hold: one upload (as base64, 4/3 larger, plus form overhead), or max_files."""
+        """Bytes a request body may hold: one upload (as base64, 4/3 larger, plus form overhead), or max_request_mb.
+
+        The batch limit is its own setting: max_files uploads of max_upload_mb would be 429 MB, all
+        read and parsed before any one image's limit is checked.
+        """
         one = self.max_upload_bytes * 4 // 3 + 64 * 1024
-        return {"/predict": one, "/predict/batch": one * self.max_files}.get(path.rstrip("/"))
+        batch = int(self.max_request_mb * 1_000_000)
+        return {"/predict": one, "/predict/batch": batch}.get(path.rstrip("/"))
 
 
 class Ranked(BaseModel):
@@ -108,9 +138,12 @@ class ErrorOut(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "A Host name the server was not started for"},
     401: {"model": ErrorOut, "description": "Missing or wrong API key"},
-    413: {"model": ErrorOut, "description": "Upload or image too large"},
+    403: {"model": ErrorOut, "description": "A post from another site's page (see --allow-origin)"},
+    413: {"model": ErrorOut, "description": "Request body, upload or image too large"},
     422: {"model": ErrorOut, "description": "Not a readable image, or a malformed request"},
+    503: {"model": ErrorOut, "description": "The pixel budget stayed full: retry after Retry-After seconds"},
 }
 
 
@@ -126,6 +159,7 @@ class Service:
         self.batcher: DynamicBatcher[tuple[torch.Tensor, int], Prediction] = DynamicBatcher(
             self._forward, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms
         )
+        self.budget = PixelBudget(config.pixel_budget, wait_s=config.busy_wait_s)
 
     def _forward(self, items: list[tuple[torch.Tensor, int]]) -> list[Prediction]:
         """One pass for the batch (runs in the batcher's thread); each item keeps its own top-k."""
@@ -140,15 +174,25 @@ class Service:
         )
         return self.pixels(image)
 
+    async def decoded(self, data: bytes, name: str) -> torch.Tensor:
+        """`decode` in a worker thread once the image's pixels fit in the budget (ServerBusyError if they don't)."""
+        limits = {"max_bytes": self.config.max_upload_bytes, "max_pixels": self.config.max_pixels}
+        pixels = await run_in_threadpool(pixels_to_decode, data, name=name, draft=self.draft, **limits)
+        try:
+            async with self.budget.hold(pixels):  # given back once the full-size image is gone
+                return await run_in_threadpool(self.decode, data, name)
+        finally:
+            if pixels >= TRIM_PIXELS:
+                await run_in_threadpool(return_freed_memory)
+
     async def predict_one(self, name: str, data: bytes, topk: int) -> Prediction:
-        pixels = await run_in_threadpool(self.decode, data, name)
+        pixels = await self.decoded(data, name)
         prediction = await self.batcher.submit((pixels, topk))
         return replace(prediction, path=name)
 
     async def predict_many(self, uploads: list[tuple[str, bytes]], topk: int) -> list[Prediction]:
         """Every upload answered; one that can't be read gets `error`, as `predict` does for a bad file."""
-        jobs = (run_in_threadpool(self._decode_or_error, data, name) for name, data in uploads)
-        decoded = await asyncio.gather(*jobs)  # decoded side by side in worker threads
+        decoded = await asyncio.gather(*(self._decoded_or_error(data, name) for name, data in uploads))
         good = [(pixels, topk) for pixels in decoded if isinstance(pixels, torch.Tensor)]
         answers = iter(await self.batcher.submit_many(good))
         return [
@@ -158,9 +202,9 @@ class Service:
             for (name, _), item in zip(uploads, decoded, strict=True)
         ]
 
-    def _decode_or_error(self, data: bytes, name: str) -> torch.Tensor | ImageError:
+    async def _decoded_or_error(self, data: bytes, name: str) -> torch.Tensor | ImageError:
         try:
-            return self.decode(data, name)
+            return await self.decoded(data, name)
         except ImageError as exc:
             return exc
 
@@ -190,6 +234,8 @@ class Service:
                     "max_upload_mb": self.config.max_upload_mb,
                     "max_pixels": self.config.max_pixels,
                     "max_files": self.config.max_files,
+                    "max_request_mb": self.config.max_request_mb,
+                    "pixel_budget": self.config.pixel_budget,
                 },
                 "api_key_required": self.config.api_key is not None,
                 "version": __version__,
@@ -225,6 +271,7 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None) -> Fa
         redoc_url=None,
     )
     app.add_middleware(BodyLimit, limit_for=config.body_limit)
+    app.add_middleware(HostGuard, hosts=config.allowed_hosts, origins=config.allow_origins)  # outermost: runs first
     _add_error_handlers(app)
     _add_pages(app)
     _add_routes(app)
@@ -313,8 +360,8 @@ async def _read_uploads(request: Request, config: ServeConfig, *, many: bool) ->
     body = await request.body()
     if not body:
         raise ImageError("<request>", f"empty request: {UPLOAD_HELP}")
-    if kind == "application/json":
-        return _from_json(body, config, many=many)
+    if kind == "application/json":  # parsing and base64 of up to max_request_mb: off the event loop
+        return await run_in_threadpool(_from_json, body, config, many=many)
     return [("<body>", body)]  # raw bytes, whatever the content type claims: sniffed when decoded
 
 
@@ -335,13 +382,16 @@ async def _from_form(request: Request, config: ServeConfig, *, many: bool) -> li
 
 
 def _from_json(body: bytes, config: ServeConfig, *, many: bool) -> list[tuple[str, bytes]]:
+    """(name, bytes) per base64 image of a JSON body; ImageError for anything else (CPU work: a worker thread)."""
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ImageError("<request>", f"the body is not valid JSON ({exc}); {UPLOAD_HELP}") from exc
+    except RecursionError as exc:  # [[[[... thousands deep: the parser recurses once per level
+        raise ImageError("<request>", f"the JSON is nested too deeply to be a request; {UPLOAD_HELP}") from exc
+    except ValueError as exc:  # invalid JSON, bad UTF-8, or an integer of more than 4,300 digits
+        raise ImageError("<request>", f"the body is not valid JSON ({str(exc)[:200]}); {UPLOAD_HELP}") from exc
     key = "images" if many else "image"
     if not isinstance(payload, dict) or key not in payload:
-        found = ", ".join(sorted(payload)) if isinstance(payload, dict) else type(payload).__name__
+        found = _keys(payload) if isinstance(payload, dict) else type(payload).__name__
         raise ImageError("<request>", f'JSON needs the key "{key}" (got: {found or "nothing"}); {UPLOAD_HELP}')
     values = payload[key] if many else [payload[key]]
     if not isinstance(values, list) or not values or len(values) > config.max_files:
@@ -349,13 +399,26 @@ def _from_json(body: bytes, config: ServeConfig, *, many: bool) -> list[tuple[st
     return [(f"{key}[{i}]" if many else "image", decode_base64(v, name=key)) for i, v in enumerate(values)]
 
 
+def _keys(payload: dict[str, Any]) -> str:
+    """The first few keys of a JSON object, each cut short: the error echoes what was sent, not all of it."""
+    shown = [key if len(key) <= 40 else key[:40] + "..." for key in sorted(payload)[:5]]
+    return ", ".join(shown) + (f" and {len(payload) - 5} more" if len(payload) > 5 else "")
+
+
 def _add_error_handlers(app: FastAPI) -> None:
-    """Every error as {"error": message} with a 4xx a client can act on; the server carries on."""
+    """Every error as {"error": message} with a 4xx a client can act on (503: retry); the server carries on."""
 
     @app.exception_handler(VisiontuneError)
     async def visiontune_error(request: Request, exc: VisiontuneError) -> JSONResponse:
+        if isinstance(exc, ServerBusyError):
+            return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
         status = 413 if isinstance(exc, ImageTooLargeError) else 422
         return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        """A bug in visiontune: still JSON for the client (uvicorn logs the traceback as the error passes on)."""
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server log has the details"}, 500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

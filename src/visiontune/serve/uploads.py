@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from visiontune.data.images import open_image
+from visiontune.data.images import open_image, read_header
 from visiontune.errors import ImageError, ImageTooLargeError
 
 # (format, leading bytes); WebP also needs "WEBP" at offset 8
@@ -64,17 +64,40 @@ def decode_upload(data: bytes, *, name: str, max_bytes: int, max_pixels: int, dr
 
     `draft` (w, h) lets a large JPEG decode at a reduced scale that still covers the model's input.
     """
-    if not data:
-        raise ImageError(name, "empty file (0 bytes); send an image")
-    if len(data) > max_bytes:
-        raise ImageTooLargeError(name, f"{len(data):,} bytes is over the upload limit of {max_bytes:,}")
-    found = sniff(data)
-    if found is None:
-        raise ImageError(name, f"not an image: the content looks like {_looks_like(data)}; send {_formats()}")
+    _check_bytes(data, name=name, max_bytes=max_bytes)
     try:  # the pixel count is checked from the header, before decoding
         return open_image(io.BytesIO(data), max_pixels=max_pixels, draft_size=draft)
     except ImageError as exc:  # named after the upload, not "<stream>"
         raise type(exc)(name, exc.reason) from exc
+
+
+def pixels_to_decode(data: bytes, *, name: str, max_bytes: int, max_pixels: int, draft: tuple[int, int]) -> int:
+    """How many pixels `decode_upload` will hold, from the header alone, after the same checks (ImageError).
+
+    A JPEG counts at the reduced scale `draft` allows; the larger side of `draft` stands for both,
+    so the count is never below what is decoded, whatever the EXIF orientation.
+    """
+    _check_bytes(data, name=name, max_bytes=max_bytes)
+    try:
+        header = read_header(io.BytesIO(data), max_pixels=max_pixels)
+    except ImageError as exc:
+        raise type(exc)(name, exc.reason) from exc
+    if header.format not in ("JPEG", "MPO"):
+        return header.pixels
+    with Image.open(io.BytesIO(data)) as image:  # read_header opened these bytes: this can't fail
+        side = max(draft)
+        image.draft("RGB", (side, side))  # sets the decoding scale, decodes nothing
+        return image.width * image.height
+
+
+def _check_bytes(data: bytes, *, name: str, max_bytes: int) -> None:
+    """What the bytes alone tell: empty, over the upload limit, or not any image format decoded here."""
+    if not data:
+        raise ImageError(name, "empty file (0 bytes); send an image")
+    if len(data) > max_bytes:
+        raise ImageTooLargeError(name, f"{len(data):,} bytes is over the upload limit of {max_bytes:,}")
+    if sniff(data) is None:
+        raise ImageError(name, f"not an image: the content looks like {_looks_like(data)}; send {_formats()}")
 
 
 def decode_base64(text: object, *, name: str) -> bytes:
