@@ -29,7 +29,7 @@ from visiontune.data.demo import export_dataset
 from visiontune.data.transforms import normalize_batch
 from visiontune.models import create_classifier
 from visiontune.system import available_cpus
-from visiontune.training.callbacks import Callback
+from visiontune.training.events import Callback
 from visiontune.training.trainer import Trainer
 
 

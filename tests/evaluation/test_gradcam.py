@@ -33,7 +33,7 @@ def _classifier() -> Classifier:
         head.fc.weight.copy_(WEIGHTS)
         head.fc.bias.zero_()
     pre = Preprocessing(image_size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    return Classifier(PoolBackbone(), head, preprocessing=pre, arch={"name": "pool", "pool": "avg"}).eval()
+    return Classifier(PoolBackbone(), head, preprocessing=pre, arch={"backbone": "pool", "pool": "avg"}).eval()
 
 
 def _image(*, red: tuple[slice, slice], green: tuple[slice, slice] | None = None) -> torch.Tensor:

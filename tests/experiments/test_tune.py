@@ -23,7 +23,7 @@ from visiontune.experiments.study import RETRY_OF, StudyError, default_storage
 from visiontune.experiments.tune import OptunaPruning, TuneConfig, tune
 from visiontune.runs.folder import RunFolder
 from visiontune.runs.summary import find_runs
-from visiontune.training.callbacks import Callback
+from visiontune.training.events import Callback
 from visiontune.training.pipeline import train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

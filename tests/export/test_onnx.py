@@ -175,7 +175,7 @@ class _DataDependent(nn.Module):
 
 def test_a_model_that_cannot_be_traced_fails_with_one_clear_line(tmp_path: Path) -> None:
     pre = Preprocessing(image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
-    meta = BundleMeta(arch={"name": "toy"}, classes=["a", "b", "c"], preprocessing=pre)
+    meta = BundleMeta(arch={"backbone": "toy"}, classes=["a", "b", "c"], preprocessing=pre)
     with pytest.raises(ModelError) as raised:
         to_onnx(_DataDependent(), meta, tmp_path / "toy.onnx", where="toy-bundle")
     message = str(raised.value)

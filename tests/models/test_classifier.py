@@ -69,6 +69,8 @@ def test_from_arch_rebuilds_the_same_module(lite0: Classifier) -> None:
     assert rebuilt.preprocessing == model.preprocessing and rebuilt.arch == model.arch
     with pytest.raises(ModelError, match="lacks num_classes"):
         Classifier.from_arch({k: v for k, v in arch.items() if k != "num_classes"})
+    legacy = {("name" if k == "backbone" else k): v for k, v in arch.items()}  # bundles of the previous release
+    assert Classifier.from_arch(legacy).arch == model.arch
 
 
 def test_image_size_below_the_minimum_is_refused() -> None:

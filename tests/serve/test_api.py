@@ -33,7 +33,7 @@ def test_health_and_info_describe_the_model(client: TestClient, finetuned_run: P
     info = client.get("/info").json()
     meta = read_meta(finetuned_run)
     assert info["classes"] == meta.classes and info["num_classes"] == len(meta.classes)
-    assert info["architecture"] == meta.arch["name"] and info["image_size"] == list(meta.preprocessing.image_size)
+    assert info["architecture"] == meta.arch["backbone"] and info["image_size"] == list(meta.preprocessing.image_size)
     assert info["metrics"]["valid_accuracy"] == pytest.approx(meta.metrics["valid_accuracy"])
     assert info["calibration"]["temperature"] == pytest.approx(meta.calibration.temperature)
     assert info["api_key_required"] is False

@@ -83,7 +83,7 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from visiontune.config import RunConfig, load_yaml
-    from visiontune.training.callbacks import Callback
+    from visiontune.training.events import Callback
     from visiontune.training.pipeline import train
 
     class KillMidEpoch(Callback):

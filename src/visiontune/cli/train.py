@@ -15,7 +15,7 @@ from rich.table import Table
 from visiontune.cli.console import console, err_console, progress_bar
 from visiontune.cli.run_options import sections, with_run_options
 from visiontune.config import RunConfig, load_yaml, merge_overrides
-from visiontune.training.callbacks import Callback
+from visiontune.training.events import Callback
 
 Opt = typer.Option
 
@@ -133,7 +133,7 @@ class EpochDisplay(Callback):
             return
         counts = trainer.raw_model.parameter_summary()
         err_console.print(
-            f"[bold]{trainer.raw_model.arch.get('name')}[/]: {counts['total'] / 1e6:.2f} M parameters; "
+            f"[bold]{trainer.raw_model.arch.get('backbone')}[/]: {counts['total'] / 1e6:.2f} M parameters; "
             f"precision {trainer.precision}, {trainer.accelerator.num_processes} process(es) on {trainer.device}; "
             f"monitor {trainer.monitor.name}"
         )

@@ -14,6 +14,7 @@ file from two class folders (they show up as exact duplicates with conflicting l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -31,7 +32,7 @@ from visiontune.data import duplicates
 from visiontune.data.dataset import LabelledImages, load_data
 from visiontune.data.fileinfo import FileInfo
 from visiontune.data.images import open_image
-from visiontune.data.sources import Sample
+from visiontune.data.sources import Sample, relative_posix
 from visiontune.errors import DatasetError, ImageError
 from visiontune.io import atomic_path, atomic_write_json
 
@@ -135,7 +136,7 @@ def inspect_data(
 
 def build_report(data: LabelledImages, config: DataConfig) -> AuditReport:
     """The report of a loaded data set, without grids or timing."""
-    rel = _relative_fn(data.root)
+    rel = functools.partial(relative_posix, root=data.root)
     usable = [data.infos[s.path] for s in data.samples]
     totals = Counter(s.label for s in data.samples)
     image_size, reason = suggest_image_size([min(i.width, i.height) for i in usable if i.width and i.height])
@@ -168,16 +169,6 @@ def build_report(data: LabelledImages, config: DataConfig) -> AuditReport:
     report.problems = _problems(data)
     report.warnings = _warnings(report)
     return report
-
-
-def _relative_fn(root: Path) -> Callable[[str | Path], str]:
-    def relative(path: str | Path) -> str:
-        try:
-            return Path(path).relative_to(root).as_posix()
-        except ValueError:
-            return Path(path).as_posix()
-
-    return relative
 
 
 def _tally(values: Any) -> dict[str, int]:

@@ -18,7 +18,16 @@ from pathlib import Path
 from visiontune.config import DataConfig
 from visiontune.data import duplicates, split
 from visiontune.data.fileinfo import FileInfo, scan_files
-from visiontune.data.sources import SPLITS, LabelConflict, Sample, Scan, from_name_func, scan_source, sort_labels
+from visiontune.data.sources import (
+    SPLITS,
+    LabelConflict,
+    Sample,
+    Scan,
+    from_name_func,
+    relative_posix,
+    scan_source,
+    sort_labels,
+)
 from visiontune.data.walk import LinkFinding
 from visiontune.errors import DatasetError
 
@@ -65,9 +74,9 @@ class LabelledImages:
     def manifest_hash(self) -> str:
         """A hash of what a model is trained on: relative paths, contents, labels and splits."""
         digest = hashlib.sha256()
-        for s in sorted(self.samples, key=lambda s: _relative(s.path, self.root)):
+        for s in sorted(self.samples, key=lambda s: relative_posix(s.path, self.root)):
             digest.update(
-                f"{_relative(s.path, self.root)}\t{self.infos[s.path].sha256}\t{s.label}\t{s.split}\n".encode()
+                f"{relative_posix(s.path, self.root)}\t{self.infos[s.path].sha256}\t{s.label}\t{s.split}\n".encode()
             )
         return digest.hexdigest()
 
@@ -99,13 +108,6 @@ def label_conflict_message(conflicts: list[LabelConflict]) -> str:
     """One line: the first conflict in full, and how many more there are."""
     more = len(conflicts) - 1
     return conflicts[0].describe() + (f" ({more} more such file(s): `visiontune inspect` lists them)" if more else "")
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
 
 
 def load_data(

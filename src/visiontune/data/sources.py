@@ -61,7 +61,7 @@ class LabelConflict:
     def describe(self) -> str:
         """One line naming the CSV, the file and its labels, and the fix."""
         listed = " and ".join(f"{label!r} (line {line})" for line, label in self.rows)
-        path = _relative_to(self.path, self.source.parent)
+        path = relative_posix(self.path, self.source.parent)
         return f"{self.source}: {path} is listed as {listed}; remove one of the rows"
 
 
@@ -110,11 +110,14 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _relative_to(path: Path, folder: Path) -> str:
-    try:
-        return path.relative_to(folder).as_posix()
-    except ValueError:
-        return path.as_posix()
+def relative_posix(path: str | Path, root: str | Path | None) -> str:
+    """`path` relative to `root` as a POSIX string (how runs and manifests name files); itself when not under it."""
+    if root is not None:
+        try:
+            return Path(path).relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return Path(path).as_posix()
 
 
 def _partition(files: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:

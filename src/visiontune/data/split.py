@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from visiontune.data.duplicates import UnionFind
-from visiontune.data.sources import Sample
+from visiontune.data.sources import Sample, relative_posix
 
 
 def group_ids(samples: Sequence[Sample], links: Sequence[tuple[int, int]]) -> list[int]:
@@ -93,7 +93,7 @@ def _units(
         members[groups[i]].append(i)
 
     def key(i: int) -> str:
-        return _relative(samples[i].path, root)
+        return relative_posix(samples[i].path, root)
 
     units = []
     for indices in members.values():
@@ -102,13 +102,6 @@ def _units(
         units.append((label, indices))
     units.sort(key=lambda unit: key(unit[1][0]))
     return units
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
 
 
 def subsample(samples: Sequence[Sample], fraction: float, *, root: Path, seed: int = 42) -> list[Sample]:
@@ -127,7 +120,7 @@ def subsample(samples: Sequence[Sample], fraction: float, *, root: Path, seed: i
         if split == "test":
             keep.update(indices)
             continue
-        indices.sort(key=lambda i: _relative(samples[i].path, root))
+        indices.sort(key=lambda i: relative_posix(samples[i].path, root))
         n = max(1, math.ceil(fraction * len(indices)))
         keep.update(indices[k] for k in rng.choice(len(indices), n, replace=False))
     return [s for i, s in enumerate(samples) if i in keep]

@@ -22,9 +22,9 @@ from typing import Any
 
 from visiontune.config import DataConfig, from_dict
 from visiontune.data.dataset import LabelledImages, load_data
-from visiontune.data.sources import Sample
+from visiontune.data.sources import Sample, relative_posix
 from visiontune.errors import ConfigError, DatasetError
-from visiontune.runs.folder import RunFolder, relative_to
+from visiontune.runs.folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _keys(data: LabelledImages, data_root: str | None) -> dict[Path, str]:
         trained, given = Path(data_root).resolve(), data.root.resolve()
         if given != trained and given.is_relative_to(trained):
             prefix = given.relative_to(trained).as_posix() + "/"
-    return {s.path: prefix + relative_to(s.path, data.root) for s in data.samples}
+    return {s.path: prefix + relative_posix(s.path, data.root) for s in data.samples}
 
 
 def _from_run(

@@ -46,7 +46,7 @@ from visiontune.experiments.study import (
     storage_url,
 )
 from visiontune.runs.folder import RunFolder
-from visiontune.training.callbacks import Callback
+from visiontune.training.events import Callback
 from visiontune.training.pipeline import train
 
 log = logging.getLogger(__name__)

@@ -168,7 +168,7 @@ def feature_recipe(model: Classifier, *, pool: str, tta: bool, view: View, preci
     """Everything a vector depends on besides the file's content: the feature cache's key."""
     versions = library_versions(("torch", "torchvision", "timm", "pillow"))
     return {
-        "backbone": model.arch.get("name"),
+        "backbone": model.arch.get("backbone"),
         "timm_name": model.arch.get("timm_name"),
         "weights_sha256": weights_digest(model.backbone),
         "preprocessing": model.preprocessing.to_dict(),

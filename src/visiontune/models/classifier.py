@@ -28,7 +28,7 @@ from visiontune.models.weights import create_timm_model, load_offline_weights, l
 log = logging.getLogger(__name__)
 
 SCRATCH_MEAN_STD = (0.5, 0.5, 0.5)  # scratch nets never saw ImageNet: map 0..1 to -1..1, neutral for grey data
-_ARCH_KEYS = ("name", "num_classes", "drop_rate", "pool", "image_size", "resize_mode")
+_ARCH_KEYS = ("backbone", "num_classes", "drop_rate", "pool", "image_size", "resize_mode")
 
 
 class Classifier(nn.Module):
@@ -61,11 +61,13 @@ class Classifier(nn.Module):
         """
         if "fitted_head" in arch:
             raise ModelError("a features bundle's arch: rebuild it with visiontune.models.build_model")
+        if "backbone" not in arch and "name" in arch:  # bundles of earlier releases
+            arch = {**{k: v for k, v in arch.items() if k != "name"}, "backbone": arch["name"]}
         missing = [k for k in _ARCH_KEYS if k not in arch]
         if missing:
             raise ModelError(f"model arch lacks {', '.join(missing)}; was it written by visiontune?")
         model = create_classifier(
-            arch["name"],
+            arch["backbone"],
             arch["num_classes"],
             pretrained=False,
             drop_rate=arch["drop_rate"],
@@ -75,7 +77,7 @@ class Classifier(nn.Module):
         )
         if arch.get("timm_name", model.arch["timm_name"]) != model.arch["timm_name"]:
             raise ModelError(
-                f"model {arch['name']!r} was saved as {arch['timm_name']} but now builds {model.arch['timm_name']};"
+                f"model {arch['backbone']!r} was saved as {arch['timm_name']} but now builds {model.arch['timm_name']};"
                 " use the visiontune version that saved it"
             )
         return model
@@ -225,7 +227,7 @@ def create_classifier(
         load_weights_file(backbone, weights, arch=spec.timm_name or spec.name, classifier=classifier)
     head = ClassifierHead(backbone.num_features, num_classes, drop_rate=drop_rate, pool=pool, hidden=spec.head_hidden)
     arch = {
-        "name": spec.name,
+        "backbone": spec.name,
         "timm_name": spec.timm_name,
         "num_classes": num_classes,
         "drop_rate": drop_rate,

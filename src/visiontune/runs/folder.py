@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from visiontune.config import RunConfig, load_yaml, save_yaml
+from visiontune.data.sources import relative_posix
 from visiontune.errors import VisiontuneError
 from visiontune.io import atomic_write_json, atomic_write_text
 from visiontune.runs.lock import LOCK_FILE, check_unlocked, run_lock
@@ -246,7 +247,7 @@ class RunFolder:
         """
         if not self.file(SPLITS).is_file():
             return None
-        return [(relative_to(Path(path), data_root), label, split) for path, label, split in self.splits()]
+        return [(relative_posix(path, data_root), label, split) for path, label, split in self.splits()]
 
     def split_files(
         self, split: str, *, data_root: str | Path | None, data: Path | None = None
@@ -310,13 +311,3 @@ def _number(key: str, value: str | None) -> Any:
     if key == "phase" or value in (None, ""):
         return value or None
     return int(value) if key == "epoch" else float(value)
-
-
-def relative_to(path: Path, root: str | Path | None) -> str:
-    """`path` relative to `root` as a POSIX string; the path itself when it is not under `root`."""
-    if root is not None:
-        try:
-            return path.relative_to(root).as_posix()
-        except ValueError:
-            pass
-    return path.as_posix()

@@ -1,5 +1,4 @@
-"""Training: one pipeline (`pipeline.train`), two fitters (`finetune`, `features.fit`), one loop (`trainer`)."""
+"""Training: one pipeline (`pipeline.train`), two fitters (`finetune`, `features.fit`), one loop (`trainer`).
 
-from visiontune.training.pipeline import Hooks, TrainResult, resume_config, train
-
-__all__ = ["Hooks", "TrainResult", "resume_config", "train"]
+Nothing is imported here, so `training.events` (the Callback base the CLI's display extends) stays light.
+"""

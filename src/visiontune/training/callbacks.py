@@ -16,6 +16,7 @@ import torch
 from visiontune.config import Monitor
 from visiontune.plots import plot_history
 from visiontune.runs.folder import HISTORY, LEGACY_COLUMNS, TENSORBOARD, RunFolder
+from visiontune.training.events import Callback
 from visiontune.training.schedule import LRFinderResult, smooth, suggest_lr
 
 if TYPE_CHECKING:
@@ -37,34 +38,6 @@ EPOCH_FIELDS = (
     "images_per_s",
     "data_wait_pct",
 )
-
-
-class Callback:
-    """Base class; override the hooks you need."""
-
-    def before_fit(self, trainer: Trainer) -> None:
-        """Once, before the first epoch (also after a resume)."""
-
-    def before_phase(self, trainer: Trainer, phase: str) -> None:
-        """When a phase (frozen, unfrozen, fit) starts or resumes."""
-
-    def before_epoch(self, trainer: Trainer) -> None:
-        """At the start of each epoch."""
-
-    def after_batch(self, trainer: Trainer, loss: float, batch_size: int) -> None:
-        """After each optimizer step's batch, with its training loss."""
-
-    def after_epoch(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        """After validation, with the epoch's row of metrics."""
-
-    def after_fit(self, trainer: Trainer) -> None:
-        """Once, after the last epoch or an early stop."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what state_dict() returned."""
 
 
 class MetricsLogger(Callback):

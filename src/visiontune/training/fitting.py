@@ -18,7 +18,7 @@ from visiontune.config import Monitor, RunConfig
 from visiontune.data.dataset import LabelledImages
 from visiontune.models import Classifier
 from visiontune.runs.folder import RunFolder
-from visiontune.training.callbacks import Callback
+from visiontune.training.events import Callback
 
 
 @dataclass

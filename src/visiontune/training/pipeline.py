@@ -40,8 +40,8 @@ from visiontune.inference import resolve_precision
 from visiontune.models import create_classifier, get_backbone
 from visiontune.runs.folder import RunFolder
 from visiontune.system import hardware, library_versions
-from visiontune.training.callbacks import Callback
 from visiontune.training.checkpoint import CheckpointError
+from visiontune.training.events import Callback
 from visiontune.training.finetune import fit_finetune
 from visiontune.training.fitting import Fitted, Hooks, Prepared
 from visiontune.training.trainer import make_accelerator

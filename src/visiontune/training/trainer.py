@@ -32,9 +32,10 @@ from visiontune.data.loader import Batch, log_failures
 from visiontune.data.samplers import item_seed
 from visiontune.evaluation.metrics import classification_metrics
 from visiontune.inference import Inference, Scored, resolve_precision
-from visiontune.training.callbacks import Callback, LRFinder
+from visiontune.training.callbacks import LRFinder
 from visiontune.training.checkpoint import Checkpoint, capture_rng, restore_rng, save_checkpoint
 from visiontune.training.ema import ModelEMA
+from visiontune.training.events import Callback
 from visiontune.training.schedule import LRFinderResult, OneCycle, Ramp, apply_lr
 
 log = logging.getLogger(__name__)
