@@ -1,16 +1,21 @@
 """The model bundle: one folder that predict, evaluate, export and serve load.
 
     model/
-      bundle.json        architecture, classes, preprocessing, calibration, metrics, versions
+      bundle.json        architecture, classes, preprocessing, calibration, metrics, versions, weights' sha256
       model.safetensors  the weights
 
 No pickle anywhere: the architecture is rebuilt from JSON and the weights are plain tensors, so a
 bundle loads without the training code, the user's label functions, or trust in the file (the
-class of failure fastai's pickled learners have).
+class of failure fastai's pickled learners have). Loading checks what would otherwise fail later or
+silently: the weights against their checksum (flipped bits give NaN, not an error), and the JSON
+against the weights (as many classes as the head has outputs, a sane input size). Bundles written
+before the checksum load without that one check.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from visiontune.calibration import Calibration
 from visiontune.data.transforms import Preprocessing
 from visiontune.errors import BundleError, VisiontuneError
+from visiontune.io import writing
 from visiontune.models import build_model
 from visiontune.system import library_versions
 
@@ -47,9 +53,10 @@ class BundleMeta:
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=library_versions)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    weights_sha256: str | None = None  # of model.safetensors; set by save_bundle (None: an older bundle)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": FORMAT,
             "arch": self.arch,
             "classes": self.classes,
@@ -60,6 +67,9 @@ class BundleMeta:
             "versions": self.versions,
             "created": self.created,
         }
+        if self.weights_sha256 is not None:
+            data["weights"] = {"file": WEIGHTS_FILE, "sha256": self.weights_sha256}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: Path) -> BundleMeta:
@@ -68,30 +78,63 @@ class BundleMeta:
         try:
             return cls(
                 arch=data["arch"],
-                classes=list(data["classes"]),
+                classes=_classes(data["classes"]),
                 preprocessing=Preprocessing.from_dict(data["preprocessing"]),
                 metrics=data.get("metrics", {}),
                 calibration=Calibration.from_dict(data.get("calibration")),
                 training=data.get("training", {}),
                 versions=data.get("versions", {}),
                 created=data.get("created", ""),
+                weights_sha256=_checksum(data.get("weights")),
             )
-        except (KeyError, TypeError, VisiontuneError) as exc:
-            raise BundleError(f"{where}: incomplete bundle metadata ({exc})") from exc
+        except KeyError as exc:
+            raise BundleError(f"{where / META_FILE}: incomplete bundle metadata (no {exc}); re-export it") from exc
+        except (AttributeError, TypeError, ValueError, VisiontuneError) as exc:
+            raise BundleError(f"{where / META_FILE}: {exc}; re-export or retrain") from exc
+
+
+def _classes(value: Any) -> list[str]:
+    """`classes` as stored: a list of distinct, non-empty strings (a string is not a list of its letters)."""
+    if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+        raise BundleError(f"`classes` must be a list of class names. Received: {str(value)[:80]!r}")
+    if len(set(value)) != len(value):
+        twice = sorted({c for c in value if value.count(c) > 1})
+        raise BundleError(f"`classes` names a class twice: {', '.join(twice[:3])}")
+    return list(value)
+
+
+def _checksum(block: Any) -> str | None:
+    if block is None:
+        return None
+    digest = block.get("sha256") if isinstance(block, dict) else None
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise BundleError(f"`weights.sha256` must be a sha256 hex digest. Received: {str(block)[:80]!r}")
+    return digest
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_bundle(path: str | Path, model: torch.nn.Module, meta: BundleMeta) -> Path:
     """Write the bundle folder atomically: a half-written bundle never replaces a good one."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (staging / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
-        _swap_in(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with writing(target):  # a full disk or a read-only folder: one line, and the old bundle stays
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+            save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT})
+            meta = dataclasses.replace(meta, weights_sha256=file_sha256(staging / WEIGHTS_FILE))
+            (staging / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+            _swap_in(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -136,13 +179,24 @@ def load_bundle(path: str | Path, *, device: str | torch.device = "cpu") -> tupl
     """
     folder = resolve_bundle_path(path)
     meta = read_meta(folder)
+    weights = folder / WEIGHTS_FILE
     try:
-        state = load_file(str(folder / WEIGHTS_FILE), device=str(device))
+        if meta.weights_sha256 is not None and file_sha256(weights) != meta.weights_sha256:
+            raise BundleError(
+                f"{weights}: weights do not match {META_FILE}'s checksum: the file is damaged; re-export or retrain"
+            )
+        state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError) as exc:
-        raise BundleError(f"{folder / WEIGHTS_FILE}: unreadable weights ({exc})") from exc
-    model = build_model(meta.arch)
+        raise BundleError(f"{weights}: unreadable weights ({exc})") from exc
     try:
+        model = build_model(meta.arch)
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError, VisiontuneError) as exc:
         raise BundleError(f"{folder}: weights do not fit the architecture in {META_FILE} ({exc})") from exc
+    outputs = getattr(model, "num_classes", len(meta.classes))
+    if outputs != len(meta.classes):
+        raise BundleError(
+            f"{folder / META_FILE}: {len(meta.classes)} classes for a model with {outputs} outputs;"
+            " the file was edited or mixed up with another bundle's: re-export or retrain"
+        )
     return model.to(device).eval(), meta

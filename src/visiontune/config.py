@@ -21,6 +21,7 @@ T = TypeVar("T")
 
 RESIZE_MODES = ("squish", "crop", "pad")
 AUGMENT_PRESETS = ("none", "light", "standard", "strong")
+IMAGE_SIZES = (8, 4096)  # the input sides (pixels) a model may be trained or served at
 
 
 def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
@@ -31,9 +32,9 @@ def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
 
 
 def check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
-    """Raise ConfigError when `value` is outside [low, high] (or (low, high] with low_open)."""
+    """Raise ConfigError when `value` is outside [low, high] (or (low, high] with low_open); NaN is outside too."""
     bad = value <= low if low_open else value < low
-    if bad or value > high:
+    if bad or value > high or value != value:  # NaN compares false with everything, itself included
         bracket = "(" if low_open else "["
         raise ConfigError(f"`{name}` must be in {bracket}{low}, {high}]. Received: {name}={value!r}")
 
@@ -258,7 +259,7 @@ class ModelConfig:
         check_choice("pool", self.pool, ("avg", "max", "avgmax"))
         check_range("drop_rate", self.drop_rate, 0.0, 0.95)
         if self.image_size is not None:
-            check_range("image_size", self.image_size, 8, 4096)
+            check_range("image_size", self.image_size, *IMAGE_SIZES)
 
 
 @dataclass(frozen=True)

@@ -56,3 +56,23 @@ class MissingPackageError(VisiontuneError):
     """An optional system or Python package is needed for this operation."""
 
     exit_code = 6
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the work; the message says what was kept and how to continue (the CLI exits 130).
+
+    A KeyboardInterrupt, not a VisiontuneError: whatever catches Ctrl-C (Optuna, a caller) still does.
+    """
+
+
+class OutputError(VisiontuneError):
+    """An output can't be written: the disk is full, the folder is read-only or not ours to write.
+
+    `disk_full` tells the two apart for callers that say what to do next (resume, free space).
+    """
+
+    exit_code = 7
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,10 @@ def test_csv_file_under_two_labels_inspect_exits_3_and_train_refuses(class_folde
         (["--image-size", "16"], ["below", "minimum"]),
         (["--augment", "wild"], ["`augment` must be one of", "Received: augment='wild'"]),
         (["--lr", "fast"], ["--lr takes a number or 'auto'"]),
+        (["--lr", "nan"], ["`lr` must be in", "Received: lr=nan"]),
+        (["--rotation", "nan"], ["`rotation` must be in", "Received: rotation=nan"]),
+        (["--label-smoothing", "inf"], ["`label_smoothing` must be in", "Received: label_smoothing=inf"]),
+        (["--seed", "-1"], ["`seed` must be in", "Received: seed=-1"]),
     ],
 )
 def test_train_bad_options_are_one_line(tmp_path: Path, fashion: dict, args: list[str], fragments: list[str]) -> None:
@@ -124,26 +130,151 @@ def test_train_small_cnn_end_to_end_with_json_log(tmp_path: Path, fashion: dict)
 
 
 FULL_DISK = """
-import errno, os, sys
+import errno, os, sys, tempfile
+from safetensors import SafetensorError
+import visiontune.bundle as bundle
 import visiontune.training.checkpoint as checkpoint
 
-def full_disk(*args, **kwargs):
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+FAIL = os.environ["FAIL"]  # what finds the disk full: a checkpoint after the first, the bundle, or results.json
+real_save_file, real_mkstemp, real_mkdir, saved = checkpoint.save_file, tempfile.mkstemp, os.mkdir, []
 
-checkpoint.save_file = full_disk
+def full_disk(*args, **kwargs):  # what safetensors' Rust writer raises on ENOSPC
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+def second_checkpoint_fails(tensors, path, metadata=None):
+    saved.append(path)
+    if len(saved) > 2:  # epoch 1 wrote best and last; epoch 2's best finds the disk full
+        full_disk()
+    real_save_file(tensors, path, metadata=metadata)
+
+def results_fail(*args, prefix=None, **kwargs):
+    if prefix == ".results.json.":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_mkstemp(*args, prefix=prefix, **kwargs)
+
+def read_only(path, *args, **kwargs):  # as a read-only folder answers (root ignores chmod: simulated)
+    if str(path).startswith(os.environ.get("READ_ONLY", "?")):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    return real_mkdir(path, *args, **kwargs)
+
+if FAIL == "checkpoint":
+    checkpoint.save_file = second_checkpoint_fails
+elif FAIL == "read-only":
+    os.mkdir = read_only
+elif FAIL == "bundle":
+    bundle.save_file = full_disk
+else:
+    tempfile.mkstemp = results_fail
 from visiontune.cli.main import run
 sys.argv = ["visiontune", *sys.argv[1:]]
 run()
 """
 
 
-def test_full_disk_while_checkpointing_is_one_line(tmp_path: Path, fashion: dict) -> None:
+@pytest.mark.parametrize(
+    ("fail", "fragment"),
+    [
+        ("checkpoint", "disk full while writing a checkpoint (the previous one is intact)"),
+        ("bundle", "model: disk full"),
+        ("results", "results.json: disk full"),
+    ],
+)
+def test_full_disk_is_one_line_and_exit_7(tmp_path: Path, fashion: dict, fail: str, fragment: str) -> None:
+    from visiontune.training.checkpoint import load_checkpoint
+
     data = write_class_folders(tmp_path / "d", fashion, per_class=6)
     (tmp_path / "full_disk.py").write_text(FULL_DISK)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200", "FAIL": fail}
     proc = subprocess.run(
         [sys.executable, str(tmp_path / "full_disk.py"), "train", str(data), "--model", "small_cnn", "--method",
-         "scratch", "--image-size", "28", "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "run")],
+         "scratch", "--image-size", "28", "--epochs", "2", "--freeze-epochs", "0", "--workers", "0", "--out",
+         str(tmp_path / "run")],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
-    assert_one_line_error(proc, "disk full while writing a checkpoint", "resume")
+    assert_one_line_error(proc, fragment)
+    assert proc.returncode == 7
+    if fail == "checkpoint":  # epoch 1's checkpoint survives, whole, and the run resumes from it
+        assert "--resume" in proc.stderr
+        assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").state["epoch"] == 1
+    if fail == "bundle":
+        assert not (tmp_path / "run" / "model").exists()
+        assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".model")]  # no staging left
+
+
+def test_out_in_a_read_only_folder_is_one_line(tmp_path: Path, fashion: dict) -> None:
+    data = write_class_folders(tmp_path / "d", fashion, per_class=6)
+    (tmp_path / "faults.py").write_text(FULL_DISK)
+    (tmp_path / "ro").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "FAIL": "read-only", "READ_ONLY": str(tmp_path / "ro")}
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "faults.py"), "train", str(data), "--model", "small_cnn", "--out",
+         str(tmp_path / "ro" / "run")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert_one_line_error(proc, "ro/run: can't write here (Permission denied)", "choose another output folder")
+    assert proc.returncode == 7
+
+
+def test_out_naming_a_file_is_one_line(tmp_path: Path, fashion: dict) -> None:
+    data = write_class_folders(tmp_path / "d", fashion, per_class=6)
+    (tmp_path / "notes.txt").write_text("mine")
+    proc = visiontune("train", str(data), "--model", "small_cnn", "--out", str(tmp_path / "notes.txt"))
+    assert_one_line_error(proc, "notes.txt is a file, not a folder")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "visiontune", "train", str(data), "--model", "small_cnn", "--method", "scratch",
+            "--image-size", "28", "--freeze-epochs", "0", "--workers", "0", "--out", str(out), *extra]  # fmt: skip
+
+
+def test_ctrl_c_says_it_stopped_and_how_to_resume(tmp_path: Path, fashion: dict) -> None:
+    data = write_class_folders(tmp_path / "d", fashion, per_class=12)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200"}
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_train_args(data, out, "--epochs", "500"), stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "last.safetensors").is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    stopped = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    assert_one_line_error(stopped, "stopped", f"visiontune train --resume {out}")
+    assert proc.returncode == 130
+
+
+CONCURRENT = """
+import os, sys, time
+import visiontune.training.pipeline  # imported before the start line: both processes begin together
+from visiontune.runs.folder import RunFolder
+
+real_clear = RunFolder.clear
+
+def slow_clear(self):  # a big run takes a while to clear: the other process looks at the folder meanwhile
+    time.sleep(1.0)
+    real_clear(self)
+
+RunFolder.clear = slow_clear
+time.sleep(max(0.0, float(os.environ["START_AT"]) - time.time()))
+from visiontune.cli.main import run
+sys.argv = ["visiontune", *sys.argv[1:]]
+run()
+"""
+
+
+@pytest.mark.slow
+def test_two_overwrites_at_once_one_trains_the_other_gets_the_lock_message(tmp_path: Path, fashion: dict) -> None:
+    data = write_class_folders(tmp_path / "d", fashion, per_class=12)
+    out = tmp_path / "run"
+    first = visiontune(*_train_args(data, out, "--epochs", "1")[3:])
+    assert first.returncode == 0, first.stderr  # a finished run, which both will --overwrite
+    (tmp_path / "both.py").write_text(CONCURRENT)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200", "START_AT": str(time.time() + 12)}
+    args = [sys.executable, str(tmp_path / "both.py"), *_train_args(data, out, "--epochs", "3", "--overwrite")[3:]]
+    procs = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    done = [subprocess.CompletedProcess(p.args, p.wait(timeout=300), "", p.stderr.read()) for p in procs]
+    codes = sorted(p.returncode for p in done)
+    assert codes == [0, 1], [p.stderr for p in done]
+    loser = next(p for p in done if p.returncode == 1)
+    assert_one_line_error(loser, "is being written by another visiontune process")
+    assert (out / "model" / "bundle.json").is_file() and json.loads((out / "results.json").read_text())["metrics"]

@@ -65,3 +65,34 @@ def test_bad_arguments_are_one_line_errors(finetuned_run: Path, tmp_path: Path) 
     assert_one_line_error(
         visiontune("predict", str(finetuned_run), str(image), "--unknown-score", "entropy"), "'msp', 'energy'"
     )
+
+
+def test_an_existing_predictions_file_is_kept_unless_overwrite(class_folder: Path, tmp_path: Path) -> None:
+    from tests.test_bundle import tiny_bundle
+
+    bundle = str(tiny_bundle(tmp_path / "model"))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "predictions.csv").write_text("my results\n")
+    (work / "mine.csv").write_text("mine\n")
+    proc = visiontune("predict", bundle, str(class_folder), cwd=work)
+    assert_one_line_error(proc, "predictions.csv already exists", "--overwrite", "--out")
+    proc = visiontune("predict", bundle, str(class_folder), "--out", "mine.csv", "--format", "csv", cwd=work)
+    assert_one_line_error(proc, "mine.csv already exists", "--overwrite")
+    assert (work / "predictions.csv").read_text() == "my results\n" and (work / "mine.csv").read_text() == "mine\n"
+    proc = visiontune("predict", bundle, str(class_folder), "--out", "new.csv", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "new.csv").is_file() and (work / "predictions.csv").read_text() == "my results\n"
+    proc = visiontune("predict", bundle, str(class_folder), "--overwrite", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "predictions.csv").read_text().startswith("path,label")
+
+
+def test_a_damaged_bundle_is_one_line_exit_5(class_folder: Path, tmp_path: Path) -> None:
+    from tests.test_bundle import flip_bytes, tiny_bundle
+
+    bundle = tiny_bundle(tmp_path / "model")
+    flip_bytes(bundle)
+    proc = visiontune("predict", str(bundle), str(class_folder), "--format", "json")
+    assert_one_line_error(proc, "weights do not match bundle.json's checksum", "re-export or retrain")
+    assert proc.returncode == 5 and proc.stdout == ""

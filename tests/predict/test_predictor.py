@@ -140,3 +140,24 @@ def test_unknown_model_names_and_folders_are_clear(tmp_path: Path) -> None:
         visiontune.load(tmp_path)
     with pytest.raises(BundleError, match="no such bundle"):
         visiontune.load(tmp_path / "missing" / "run")
+
+
+def nan_predictor() -> Predictor:
+    """A small_cnn whose last layer holds a NaN, as flipped bits in a bundle without a checksum would."""
+    from visiontune.models import create_classifier
+
+    model = create_classifier("small_cnn", 3, pretrained=False, image_size=28)
+    with torch.no_grad():
+        next(p for name, p in model.named_parameters() if name.startswith("head"))[0] = float("nan")
+    return Predictor(model, ["a", "b", "c"], model.preprocessing, device="cpu")
+
+
+def test_a_non_finite_output_is_an_error_for_that_input_never_a_nan_probability(class_folder: Path) -> None:
+    from visiontune.errors import ModelError
+
+    images = sorted(class_folder.rglob("*.png"))[:3]
+    predictions = nan_predictor().predict(images)
+    assert [p.error for p in predictions] == [predictions[0].error] * 3 and "not a number" in predictions[0].error
+    json.dumps([p.to_dict() for p in predictions], allow_nan=False)  # strict JSON, for every reader
+    with pytest.raises(ModelError, match="not a number"):
+        nan_predictor().predict_proba(images)

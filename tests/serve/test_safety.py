@@ -148,3 +148,19 @@ def test_allowed_hosts_are_loopback_plus_a_specific_bind_address() -> None:
     assert allowed_hosts("fe80::1", ["models.lan"]) == (*loopback, "[fe80::1]", "models.lan")
     with pytest.raises(ConfigError, match="allow_origins"):
         ServeConfig(allow_origins=("app.example",))
+
+
+def test_health_is_ok_only_when_a_prediction_works(test_images: list[Path]) -> None:
+    from tests.predict.test_predictor import nan_predictor
+
+    config = ServeConfig(model="broken")
+    with TestClient(serve_app.create_app(config, predictor=nan_predictor()), base_url="http://localhost") as client:
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "failing"
+        assert "not a number" in health.json()["error"]
+        answer = client.post("/predict", files=_file(test_images[0]))
+        assert answer.status_code == 500 and "not a number" in answer.json()["error"]  # JSON, never a null probability
+        batch = client.post(
+            "/predict/batch", files=[("files", (p.name, p.read_bytes(), "image/png")) for p in test_images[:2]]
+        )
+        assert batch.status_code == 200 and all(item["error"] and not item["predictions"] for item in batch.json())

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from visiontune.training import checkpoint as ckpt_mod
@@ -65,16 +66,26 @@ def test_file_is_plain_safetensors(tmp_path: Path) -> None:
     assert "model.0.weight" in tensors and any(k.startswith("optim.") for k in tensors)
 
 
-def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+# what a full disk raises: Python's OSError, or safetensors' own error (its Rust writer names only the errno)
+FULL_DISK_ERRORS = [
+    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+    SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+]
+
+
+@pytest.mark.parametrize("error", FULL_DISK_ERRORS, ids=["OSError", "SafetensorError"])
+def test_failed_write_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
     model, _ = _trained()
     path = tmp_path / "last.safetensors"
     save_checkpoint(path, Checkpoint(model.state_dict(), state={"epoch": 1}))
 
     def full_disk(*args: object, **kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise error
 
     monkeypatch.setattr(ckpt_mod, "save_file", full_disk)
-    with pytest.raises(CheckpointError, match="disk full while writing a checkpoint; free space and resume"):
+    with pytest.raises(CheckpointError, match=r"disk full while writing a checkpoint .* free space and resume"):
         save_checkpoint(path, Checkpoint(model.state_dict(), state={"epoch": 2}))
     assert load_checkpoint(path).state == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]  # no temp file left behind
@@ -86,3 +97,15 @@ def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(CheckpointError, match="unreadable checkpoint"):
         load_checkpoint(tmp_path / "bad.safetensors")
+
+
+def test_full_disk_while_writing_any_output_is_an_output_error(tmp_path: Path) -> None:
+    from visiontune.errors import OutputError
+    from visiontune.io import atomic_path
+
+    (tmp_path / "a.json").write_text("old")
+    for error in FULL_DISK_ERRORS:
+        with pytest.raises(OutputError, match=r"a\.json: disk full") as caught, atomic_path(tmp_path / "a.json"):
+            raise error
+        assert caught.value.exit_code == 7 and caught.value.disk_full
+    assert (tmp_path / "a.json").read_text() == "old" and len(list(tmp_path.iterdir())) == 1

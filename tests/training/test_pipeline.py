@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from visiontune.bundle import load_bundle
 from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig
 from visiontune.runs import RunExistsError
 from visiontune.runs.lock import RunLockedError
+from visiontune.training.callbacks import Callback
 from visiontune.training.pipeline import resume_config, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -191,3 +193,37 @@ with run_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(60)
 """
+
+
+class _SlowThenCtrlC(Callback):
+    """Epoch 1 takes `pause` seconds longer; Ctrl-C at the start of epoch 2 (after epoch 1's checkpoint), or of
+    epoch 1 with a negative pause."""
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+
+    def before_epoch(self, trainer: object) -> None:
+        if self.pause < 0:  # Ctrl-C at once
+            raise KeyboardInterrupt
+        if trainer.epoch == 0:  # type: ignore[attr-defined]
+            time.sleep(self.pause)
+        else:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_how_to_resume(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt, match=rf"continue with visiontune train --resume {out}$"):
+        train(_config(tiny, out, epochs=2, freeze_epochs=0), callbacks=[_SlowThenCtrlC(0.0)])
+    with pytest.raises(KeyboardInterrupt, match="before the first epoch ended: nothing to resume"):
+        train(_config(tiny, out, epochs=2, freeze_epochs=0), callbacks=[_SlowThenCtrlC(-1)], overwrite=True)
+
+
+def test_elapsed_counts_every_session_of_a_resumed_run(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny, out, epochs=2, freeze_epochs=0), callbacks=[_SlowThenCtrlC(4.0)])
+    resumed = train(resume_config(out), resume=out)
+    assert [r["epoch"] for r in _scores(out)] == ["1", "2"]
+    assert resumed.elapsed_s >= 4.0  # the first session's epoch is in it
+    assert json.loads((out / "results.json").read_text())["elapsed_s"] == pytest.approx(resumed.elapsed_s, abs=1.0)

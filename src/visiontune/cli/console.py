@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import typer
 from rich.console import Console, ConsoleDimensions
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -82,6 +83,16 @@ def setup_logging(*, quiet: bool = False, verbose: bool = False) -> None:
 
 def print_error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+
+
+@contextmanager
+def says_stopped() -> Iterator[None]:
+    """Ctrl-C as one line saying what was kept and how to continue, exit 130 (Typer would exit without a word)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:  # an `errors.Interrupted` carries the message
+        print_error(str(exc) or "interrupted")
+        raise typer.Exit(130) from None
 
 
 @contextmanager

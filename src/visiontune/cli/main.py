@@ -6,6 +6,7 @@ on stderr and the error's exit code, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from visiontune.cli import serve as serve_cli
 from visiontune.cli import tune as tune_cli
 from visiontune.cli.console import print_error, setup_logging
 from visiontune.errors import VisiontuneError
+from visiontune.io import DISK_FULL, os_errno, output_error
 from visiontune.version import __version__
 
 
@@ -79,9 +81,16 @@ def run() -> None:
     except VisiontuneError as exc:
         print_error(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a command (Typer answers one with a silent 130: see console.says_stopped)
         print_error("interrupted")
         sys.exit(130)
+    except OSError as exc:  # a write outside visiontune's own writers (a plot library's): still one line, exit 7
+        code = os_errno(exc)
+        if code not in (*DISK_FULL, errno.EROFS):
+            raise
+        error = output_error(exc.filename or "output", code, exc)
+        print_error(str(error))
+        sys.exit(error.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -23,6 +23,7 @@ Opt = typer.Option
 FORMATS = ("table", "json", "csv")
 TABLE_ROWS = 50  # more than this in the terminal is noise: the CSV has them all
 PARTIAL_FAILURE = 3
+DEFAULT_CSV = "predictions.csv"  # a table of folders also writes every row here
 
 
 def predict_command(
@@ -46,6 +47,9 @@ def predict_command(
     backend: Annotated[
         str, Opt(help="torch, or onnx: onnxruntime on the CPU (a .onnx MODEL always uses it).")
     ] = "torch",
+    overwrite: Annotated[
+        bool, Opt("--overwrite", help="Replace an existing --out, predictions.csv or --grid file.")
+    ] = False,
 ) -> int:
     """Predict the class of each image with a trained model (or a backbone's ImageNet classes)."""
     from visiontune.errors import ConfigError, DatasetError
@@ -55,6 +59,9 @@ def predict_command(
     if output_format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}. Received: {output_format!r}")
     expanded = expand_inputs(inputs)
+    csv_out = out or (Path(DEFAULT_CSV) if output_format == "table" and expanded.folders else None)
+    for target, option in ((csv_out, "--out"), (grid, "--grid")):
+        _check_target(target, option, overwrite=overwrite)  # before any work: nothing is replaced unasked
     for pattern in expanded.empty:
         err_console.print(f"[yellow]warning:[/] {pattern}: no image files found", highlight=False)
     if not expanded.paths:
@@ -78,10 +85,9 @@ def predict_command(
         _emit(_csv(rows, topk), out)
     else:
         _print_table(predictions, topk)
-        if expanded.folders or out is not None:
-            target = out or Path("predictions.csv")
-            _emit(_csv(rows, topk), target)
-            console.print(f"all {len(rows)} predictions: {target}", highlight=False)
+        if csv_out is not None:
+            _emit(_csv(rows, topk), csv_out)
+            console.print(f"all {len(rows)} predictions: {csv_out}", highlight=False)
         _print_summary(predictions, calibrated=_threshold_known(predictor, unknown_score))
     if output_format != "table" and out is not None:
         err_console.print(f"{len(rows)} predictions: {out}", highlight=False)
@@ -95,6 +101,20 @@ def predict_command(
         err_console.print(f"[red]{failed} of {len(predictions)} inputs could not be read[/]", highlight=False)
         return PARTIAL_FAILURE
     return 0
+
+
+def _check_target(path: Path | None, option: str, *, overwrite: bool) -> None:
+    """Refuse to replace an existing file without --overwrite, and a folder always (one line, naming the fix)."""
+    from visiontune.errors import ConfigError
+
+    if path is None or not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give {option} a file name")
+    if not overwrite:
+        raise ConfigError(
+            f"{path} already exists: add --overwrite to replace it, or give {option} another file (nothing was written)"
+        )
 
 
 def _threshold_known(predictor: object, score: str | None) -> bool:

@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from visiontune.cli.console import console, err_console, progress_bar
+from visiontune.cli.console import console, err_console, progress_bar, says_stopped
 from visiontune.cli.run_options import sections, with_run_options
 from visiontune.config import RunConfig, load_yaml, merge_overrides
 from visiontune.training.events import Callback
@@ -52,12 +52,16 @@ def train_command(
         run_config = RunConfig.from_dict(merged)
         _refuse_other_methods_options(run_config.train.method, typed)
     if run_config.train.method == "features":
-        result = _train_features(run_config, overwrite=overwrite, quiet=quiet, json_lines=json_log)
+        with says_stopped():
+            result = _train_features(run_config, overwrite=overwrite, quiet=quiet, json_lines=json_log)
         _print_result(result, quiet=json_log)
         return
     display = EpochDisplay(quiet=quiet or json_log, json_lines=json_log)
-    result = train(run_config, callbacks=[display], resume=resume, overwrite=overwrite)
-    display.close()
+    with says_stopped():
+        try:
+            result = train(run_config, callbacks=[display], resume=resume, overwrite=overwrite)
+        finally:  # Ctrl-C or an error mid-epoch: the bar goes before the one-line message comes
+            display.close()
     _print_result(result, quiet=json_log)
 
 

@@ -10,9 +10,10 @@ import typer
 from rich import box
 from rich.table import Table
 
-from visiontune.cli.console import console, err_console, fit_table
+from visiontune.cli.console import console, err_console, fit_table, says_stopped
 from visiontune.cli.run_options import sections, with_run_options
 from visiontune.config import RunConfig, load_yaml, merge_overrides
+from visiontune.errors import Interrupted
 
 Opt = typer.Option
 
@@ -79,11 +80,12 @@ def tune_command(
             f"study [bold]{tune_config.study_name}[/] in {tune_config.out_dir}: {tune_config.trials} trials"
             f"{' (grid)' if grid_values else ''}"
         )
-    try:
-        result = tune(tune_config, on_trial=on_trial)
-    except KeyboardInterrupt:
-        err_console.print("run the same command again to resume: the interrupted trial runs again", highlight=False)
-        raise
+    with says_stopped():
+        try:
+            result = tune(tune_config, on_trial=on_trial)
+        except KeyboardInterrupt as exc:  # not a trial's own "train --resume" advice: the study resumes as a whole
+            message = "stopped; run the same command again to resume: the interrupted trial runs again"
+            raise Interrupted(message) from exc
     _print_result(result)
 
 

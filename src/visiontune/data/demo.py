@@ -39,6 +39,7 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 SUBSET_FILE = "fashion_mnist_subset.npz"
 DATASETS = ("fashion-mnist",)
+EXPORT_SPLITS = ("train", "test")  # the folders an export holds, and all it holds
 
 Arrays = dict[str, np.ndarray]  # {"train_images": (N, 28, 28) uint8, "train_labels": (N,) int64, "test_...": ...}
 
@@ -113,7 +114,7 @@ def export_dataset(
     counts = {}
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    for split in ("train", "test"):
+    for split in EXPORT_SPLITS:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         _write_pngs(tmp / split, images, labels, progress)
         counts[split] = len(images)
@@ -128,6 +129,12 @@ def _prepare_out_dir(out: Path, *, overwrite: bool) -> None:
             raise DatasetError(f"{out}: folder exists and is not empty; choose another folder or pass --overwrite")
         if not (out / "train").is_dir():
             raise DatasetError(f"{out}: not a previous export (no train/ folder); refusing to overwrite it")
+        others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_SPLITS)
+        if others:  # --overwrite replaces the whole folder: never with someone's files in it
+            raise DatasetError(
+                f"{out} holds more than a previous export ({', '.join(others[:3])}); move them or choose another"
+                " folder (nothing was deleted)"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
 
 

@@ -21,7 +21,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from visiontune import config
-from visiontune.config import RESIZE_MODES, AugmentConfig, check_choice, check_range
+from visiontune.config import IMAGE_SIZES, RESIZE_MODES, AugmentConfig, check_choice, check_range
 from visiontune.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ class Preprocessing:
         check_choice("interpolation", self.interpolation, INTERPOLATIONS)
         check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
         check_range("crop_pct", self.crop_pct, 0.0, 1.0, low_open=True)
+        for side in self.image_size:  # ModelConfig's range: a hand-edited 100000 would allocate ~30 GB a batch
+            check_range("image_size", side, *IMAGE_SIZES)
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ConfigError(f"`mean` and `std` must be finite. Received: mean={self.mean!r}, std={self.std!r}")
         if min(self.std) <= 0:
             raise ConfigError(f"`std` must be positive. Received: std={self.std!r}")
 

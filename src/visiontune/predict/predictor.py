@@ -36,6 +36,7 @@ from visiontune.inference import Inference
 log = logging.getLogger(__name__)
 
 TTA_ZOOM = 0.875  # the crop views keep this fraction of each side
+NOT_FINITE = "the model's output is not a number (NaN or infinity) for this input; the weights may be damaged"
 BACKENDS = ("torch", "onnx")
 
 
@@ -212,8 +213,12 @@ class Predictor:
         scores = probs.max(dim=1).values if score == "msp" else self.calibration.scores(logits, score)
         flags = self.calibration.flag(scores, score) if unknown else torch.zeros(len(scores), dtype=torch.bool)
         top_p, top_i = probs.topk(min(topk, self.num_classes), dim=1)
+        finite = torch.isfinite(probs).all(dim=1) & torch.isfinite(scores)  # (B,)
         results = []
         for row, path in enumerate(paths):
+            if not finite[row]:  # NaN in, NaN out: never a "probability" of NaN (invalid JSON), always an error
+                results.append(Prediction(path, [], error=NOT_FINITE))
+                continue
             ranked = [
                 {"label": self.classes[i], "probability": round(float(p), 6)}
                 for p, i in zip(top_p[row].tolist(), top_i[row].tolist(), strict=True)
@@ -230,7 +235,12 @@ class Predictor:
                 position, reason = batch.failures[0]
                 raise ImageError(_path_of(items[position]) or f"input {position}", reason)
             if batch.pixels is not None:
-                out[batch.indices.numpy()] = self._calibrated(batch.pixels, tta=tta)[1].numpy()
+                probs = self._calibrated(batch.pixels, tta=tta)[1]
+                bad = (~torch.isfinite(probs).all(dim=1)).nonzero().flatten().tolist()
+                if bad:
+                    position = int(batch.indices[bad[0]])
+                    raise ModelError(f"{_path_of(items[position]) or f'input {position}'}: {NOT_FINITE}")
+                out[batch.indices.numpy()] = probs.numpy()
         return out
 
     def _calibrated(self, pixels: torch.Tensor, *, tta: bool) -> tuple[torch.Tensor, torch.Tensor]:

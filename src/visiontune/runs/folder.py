@@ -110,8 +110,15 @@ class RunFolder:
             raise RunExistsError(f"{self.path} is a file, not a folder; give --out a folder path")
         if self.path.is_dir():
             check_unlocked(self.path)
-            if overwrite is not None:
+            if overwrite is None:
+                return
+            try:
                 self.claim(overwrite=overwrite, dry_run=True)
+            except (RunExistsError, OSError):
+                # another `--overwrite` may have taken the lock and be clearing the folder since the check
+                # above: what its clearing left is no reason to give, the lock is
+                check_unlocked(self.path)
+                raise
 
     @contextmanager
     def lock(self, *, enabled: bool = True) -> Iterator[None]:

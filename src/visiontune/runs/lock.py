@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from visiontune.errors import VisiontuneError
+from visiontune.io import writing
 
 try:
     import fcntl
@@ -43,8 +44,10 @@ def run_lock(run_dir: Path, *, enabled: bool = True) -> Iterator[None]:
     if fcntl is None or not enabled:
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_FILE, "a+") as handle:
+    with writing(run_dir):  # a read-only place: one line naming it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115  # closed by the with below
+    with handle:
         _try_lock(handle, run_dir)
         handle.seek(0)
         handle.truncate()

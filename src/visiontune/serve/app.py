@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException
 
 from visiontune.config import check_choice, check_range
 from visiontune.data.transforms import pixel_transform
-from visiontune.errors import ConfigError, ImageError, ImageTooLargeError, VisiontuneError
+from visiontune.errors import ConfigError, ImageError, ImageTooLargeError, ModelError, VisiontuneError
 from visiontune.io import json_safe
 from visiontune.predict.onnx_backend import OnnxModel
 from visiontune.predict.predictor import BACKENDS, Prediction, Predictor
@@ -143,6 +143,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorOut, "description": "A post from another site's page (see --allow-origin)"},
     413: {"model": ErrorOut, "description": "Request body, upload or image too large"},
     422: {"model": ErrorOut, "description": "Not a readable image, or a malformed request"},
+    500: {"model": ErrorOut, "description": "The model gave no valid answer for this image (see GET /health)"},
     503: {"model": ErrorOut, "description": "The pixel budget stayed full: retry after Retry-After seconds"},
 }
 
@@ -160,6 +161,19 @@ class Service:
             self._forward, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms
         )
         self.budget = PixelBudget(config.pixel_budget, wait_s=config.busy_wait_s)
+        self.failure: str | None = None  # why the start-up prediction failed; /health reports it
+
+    async def self_check(self) -> None:
+        """One tiny prediction (a grey image), before the batcher starts: /health says ok only when it worked."""
+        height, width = self.predictor.preprocessing.image_size
+        grey = torch.full((height, width, 3), 128, dtype=torch.uint8)
+        try:
+            prediction = (await run_in_threadpool(self._forward, [(grey, 1)]))[0]
+        except Exception as exc:  # a model that can't predict at all: /health says why, the server stays up
+            prediction = Prediction(None, [], error=f"{type(exc).__name__}: {str(exc)[:300]}")
+        self.failure = prediction.error
+        if self.failure:
+            log.error("the model fails a test prediction: %s", self.failure)
 
     def _forward(self, items: list[tuple[torch.Tensor, int]]) -> list[Prediction]:
         """One pass for the batch (runs in the batcher's thread); each item keeps its own top-k."""
@@ -188,6 +202,8 @@ class Service:
     async def predict_one(self, name: str, data: bytes, topk: int) -> Prediction:
         pixels = await self.decoded(data, name)
         prediction = await self.batcher.submit((pixels, topk))
+        if prediction.error:  # the image was read, the model failed on it (a NaN output): not the client's doing
+            raise ModelError(f"{name}: {prediction.error}")
         return replace(prediction, path=name)
 
     async def predict_many(self, uploads: list[tuple[str, bytes]], topk: int) -> list[Prediction]:
@@ -255,6 +271,7 @@ def create_app(config: ServeConfig, *, predictor: Predictor | None = None) -> Fa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = predictor or Predictor.load(config.model, device=config.device, backend=config.backend)
         service = Service(loaded, config)
+        await service.self_check()
         await service.batcher.start()
         app.state.service = service
         try:
@@ -308,10 +325,13 @@ def _add_routes(app: FastAPI) -> None:
     protected = [Depends(require_key)]
 
     @app.get("/health", summary="Liveness and batching statistics")
-    async def health(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]:
+    async def health(service: Annotated[Service, Depends(get_service)]) -> Any:
         batcher = service.batcher
         batching = {"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000, **batcher.stats.to_dict()}
-        return {"status": "ok", "model": service.predictor.name, "backend": service.backend, "batching": batching}
+        status = {"model": service.predictor.name, "backend": service.backend, "batching": batching}
+        if service.failure:  # the start-up prediction failed: not ok, whatever else works
+            return JSONResponse({"status": "failing", "error": service.failure, **status}, status_code=503)
+        return {"status": "ok", **status}
 
     @app.get("/info", summary="Classes, architecture, metrics, image size and limits")
     async def info(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]:
@@ -412,6 +432,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def visiontune_error(request: Request, exc: VisiontuneError) -> JSONResponse:
         if isinstance(exc, ServerBusyError):
             return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+        if isinstance(exc, ModelError):  # the server's model failed, not the request: 500, still one JSON line
+            return JSONResponse({"error": str(exc)}, status_code=500)
         status = 413 if isinstance(exc, ImageTooLargeError) else 422
         return JSONResponse({"error": str(exc)}, status_code=status)
 

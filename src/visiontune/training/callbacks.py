@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -58,6 +59,25 @@ class MetricsLogger(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rows = state.get("rows", [])  # checkpoints of earlier releases name the columns without their split
         self.rows = [{LEGACY_COLUMNS.get(k, k): v for k, v in row.items()} for row in rows]
+
+
+class Stopwatch(Callback):
+    """The time a run has taken over all its sessions: its state goes into every checkpoint, so a resumed
+    run adds the time up to the last checkpoint (an epoch cut short and trained again counts once)."""
+
+    def __init__(self, started: float | None = None) -> None:
+        self.started = time.perf_counter() if started is None else started  # this session's start
+        self.before = 0.0  # earlier sessions
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed_s": self.elapsed_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.before = float(state.get("elapsed_s", 0.0))  # 0 from checkpoints of earlier releases
 
 
 class HistoryPlot(Callback):

@@ -7,7 +7,6 @@ rest (optimizer hyperparameters, epoch, callback state) as JSON in the file's me
 
 from __future__ import annotations
 
-import errno
 import json
 import random
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from visiontune.errors import VisiontuneError
+from visiontune.errors import OutputError, VisiontuneError
 from visiontune.io import atomic_path
 
 FORMAT = "visiontune.checkpoint/1"
@@ -69,14 +68,15 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
     """Write `checkpoint` atomically; a full disk is a one-line error and the old file stays intact."""
     tensors, meta = _flatten(checkpoint)
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:  # safetensors reports ENOSPC as a SafetensorError: atomic_path reads both
             save_file(tensors, str(tmp), metadata=meta)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    except OutputError as exc:
+        if exc.disk_full:
             raise CheckpointError(
-                f"{path}: disk full while writing a checkpoint; free space and resume the run"
+                f"{path}: disk full while writing a checkpoint (the previous one is intact); free space and resume"
+                " the run (visiontune train --resume RUN)"
             ) from exc
-        raise CheckpointError(f"{path}: can't write checkpoint ({exc.strerror or exc})") from exc
+        raise CheckpointError(f"can't write a checkpoint: {exc}") from exc
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -23,6 +23,7 @@ from visiontune.training.callbacks import (
     EarlyStopping,
     HistoryPlot,
     MetricsLogger,
+    Stopwatch,
     TensorBoardLogger,
 )
 from visiontune.training.checkpoint import load_checkpoint
@@ -44,13 +45,14 @@ def fit_finetune(p: Prepared, hooks: Hooks) -> Fitted:
         max_pixels=p.config.data.max_pixels,
     )
     balance = resolve_balance(cfg, p.imbalance)
+    stopwatch = Stopwatch(p.started)
     trainer = Trainer(
         p.model,
         datamodule,
         cfg,
         seed=train.seed,
         precision=train.precision,
-        callbacks=_callbacks(p, list(hooks.callbacks)),
+        callbacks=[stopwatch, *_callbacks(p, list(hooks.callbacks))],
         monitor=p.monitor,
         class_weights=class_weights(p.data) if balance == "weights" else None,
         balanced_sampler=balance == "sampler",
@@ -67,10 +69,10 @@ def fit_finetune(p: Prepared, hooks: Hooks) -> Fitted:
         trainer.fit(epochs=cfg.epochs + cfg.freeze_epochs, lr=lr)
     else:
         trainer.fine_tune(epochs=cfg.epochs, freeze_epochs=cfg.freeze_epochs, lr=lr, lr_ratio=cfg.lr_ratio)
-    return _best(trainer, p)
+    return _best(trainer, p, elapsed_before=stopwatch.before)
 
 
-def _best(trainer: Trainer, p: Prepared) -> Fitted:
+def _best(trainer: Trainer, p: Prepared, *, elapsed_before: float) -> Fitted:
     trainer.accelerator.wait_for_everyone()
     ckpt = load_checkpoint(p.run.checkpoint("best"))
     trainer.raw_model.load_state_dict(ckpt.model)
@@ -80,7 +82,13 @@ def _best(trainer: Trainer, p: Prepared) -> Fitted:
     def logits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         return trainer.predict(split)[:2]
 
-    return Fitted(trainer.raw_model, logits, best_epoch=ckpt.state.get("epoch"), weights=trainer.ema_weights)
+    return Fitted(
+        trainer.raw_model,
+        logits,
+        best_epoch=ckpt.state.get("epoch"),
+        weights=trainer.ema_weights,
+        elapsed_before=elapsed_before,
+    )
 
 
 def resolve_balance(cfg: FinetuneConfig, imbalance: float) -> str:

@@ -6,6 +6,7 @@ The contract between `training.pipeline` and its two fitters, `training.finetune
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class Prepared:
     imbalance: float
     model: Classifier
     resume: bool
+    started: float = field(default_factory=time.perf_counter)  # when this session's pipeline started
 
     @property
     def is_main(self) -> bool:
@@ -55,6 +57,7 @@ class Fitted:
     results: dict[str, Any] = field(default_factory=dict)  # more results.json fields
     bundle_training: dict[str, Any] = field(default_factory=dict)  # more bundle.json `training` fields
     weights: Callable[[], Any] = nullcontext
+    elapsed_before: float = 0.0  # seconds earlier sessions of a resumed run took (to their last checkpoint)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from visiontune.calibration import calibrate
 from visiontune.config import Monitor, RunConfig, get_monitor
 from visiontune.data.audit import suggest_image_size
 from visiontune.data.dataset import LabelledImages, load_data
-from visiontune.errors import ConfigError
+from visiontune.errors import ConfigError, Interrupted
 from visiontune.evaluation.metrics import auto_monitor, imbalance_ratio, split_metrics
 from visiontune.features.classical import DEFAULT_HEADS
 from visiontune.features.fit import fit_features
@@ -103,9 +103,23 @@ def train(
         if accelerator.is_main_process and resume is None:
             run.claim(overwrite=overwrite)
         accelerator.wait_for_everyone()
-        prepared = prepare(config, run, accelerator, resume=resume is not None, label_func=label_func)
-        fitted = fit_features(prepared, hooks) if features else fit_finetune(prepared, hooks)
-        return finish(prepared, fitted, started)
+        try:
+            prepared = prepare(
+                config, run, accelerator, resume=resume is not None, label_func=label_func, started=started
+            )
+            fitted = fit_features(prepared, hooks) if features else fit_finetune(prepared, hooks)
+            return finish(prepared, fitted, started)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(_stopped(run, features=features)) from exc
+
+
+def _stopped(run: RunFolder, *, features: bool) -> str:
+    """What Ctrl-C left behind, and the command that continues from there."""
+    if features:
+        return f"stopped; {run.path} is incomplete: run the same command with --overwrite (features are cached)"
+    if not run.checkpoint("last").is_file():
+        return f"stopped before the first epoch ended: nothing to resume; start again with --out {run.path} --overwrite"
+    return f"stopped; the last finished epoch is kept: continue with visiontune train --resume {run.path}"
 
 
 def resume_config(run_dir: str | Path) -> RunConfig:
@@ -126,6 +140,7 @@ def prepare(
     *,
     resume: bool,
     label_func: Callable[[Path], object] | None = None,
+    started: float | None = None,
 ) -> Prepared:
     """Data, resolved config, monitor and model; the run files written (not on resume: they stand)."""
     with accelerator.main_process_first():  # the main process fills the file-info cache for the others
@@ -137,6 +152,8 @@ def prepare(
     set_seed(config.train.seed)  # the head's (or a scratch model's) initial weights
     model = create_classifier(config.model.backbone, len(data.classes), **_model_kwargs(config))
     prepared = Prepared(config, data, run, accelerator, get_monitor(config.train.monitor), ratio, model, resume)
+    if started is not None:
+        prepared.started = started
     if prepared.is_main and not resume:
         _write_run_files(prepared)
     return prepared
@@ -244,6 +261,7 @@ def finish(p: Prepared, fitted: Fitted, started: float) -> TrainResult:
     """Score valid (and test) with the kept model, calibrate on valid, write the bundle and results.json."""
     logits, targets = fitted.logits("valid")
     calibration = calibrate(logits, targets)
+    elapsed = fitted.elapsed_before + time.perf_counter() - started  # every session of a resumed run
     classes = len(p.data.classes)
     metrics = split_metrics("valid", logits, targets, classes, calibration.temperature)
     if "test" in p.data.splits:
@@ -263,7 +281,7 @@ def finish(p: Prepared, fitted: Fitted, started: float) -> TrainResult:
             save_bundle(p.run.bundle_dir, fitted.model, meta)
         p.run.write_results(
             {"metrics": metrics, "monitor": p.monitor.name, "best_epoch": fitted.best_epoch, **fitted.results,
-             "calibration": calibration.to_dict(), "elapsed_s": time.perf_counter() - started}
+             "calibration": calibration.to_dict(), "elapsed_s": elapsed}
         )  # fmt: skip
     p.accelerator.wait_for_everyone()
     return TrainResult(
@@ -271,7 +289,7 @@ def finish(p: Prepared, fitted: Fitted, started: float) -> TrainResult:
         p.run.bundle_dir,
         metrics,
         fitted.best_epoch,
-        time.perf_counter() - started,
+        fitted.elapsed_before + time.perf_counter() - started,
         p.config,
         p.monitor,
         best_head=fitted.best_head,
