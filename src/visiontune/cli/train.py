@@ -34,14 +34,14 @@ def train_command(
     **options: Any,
 ) -> None:
     """Train a classifier on DATA (transfer learning from a pretrained backbone by default)."""
-    from visiontune.training.pipeline import resume_config, train  # torch, timm: loaded only when training
-
     typed = sections({**options, "source": data})
     typed["data"]["source"] = data
     if lr is not None:
         typed["finetune"]["lr"] = None if lr == "auto" else _float("--lr", lr)
     if resume is not None:
         _refuse_with_resume(resume, data, config, out, typed)
+        from visiontune.training.pipeline import resume_config
+
         run_config = resume_config(resume)
     else:
         if data is None and config is None:
@@ -56,6 +56,8 @@ def train_command(
             result = _train_features(run_config, overwrite=overwrite, quiet=quiet, json_lines=json_log)
         _print_result(result, quiet=json_log)
         return
+    from visiontune.training.pipeline import train  # torch, timm: loaded once the options are known to be good
+
     display = EpochDisplay(quiet=quiet or json_log, json_lines=json_log)
     with says_stopped():
         try:
