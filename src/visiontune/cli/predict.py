@@ -53,7 +53,6 @@ def predict_command(
 ) -> int:
     """Predict the class of each image with a trained model (or a backbone's ImageNet classes)."""
     from visiontune.errors import ConfigError, DatasetError
-    from visiontune.predict import load
     from visiontune.predict.inputs import expand_inputs
 
     if output_format not in FORMATS:
@@ -66,6 +65,8 @@ def predict_command(
         err_console.print(f"[yellow]warning:[/] {pattern}: no image files found", highlight=False)
     if not expanded.paths:
         raise DatasetError(f"no images to predict in {', '.join(inputs)}; give image files, folders or patterns")
+    from visiontune.predict import load  # torch: once the arguments are known to be good
+
     predictor = load(model, device=device, backend=backend)
     with progress_bar("predicting", quiet=output_format != "table") as (advance, set_total):
         set_total(len(expanded.paths))
