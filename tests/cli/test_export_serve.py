@@ -7,10 +7,12 @@ import socket
 from pathlib import Path
 
 import onnx
+import pytest
 
 from tests.cli.test_cli import assert_one_line_error, visiontune
 
 
+@pytest.mark.slow  # 18.6 s measured; int8 and parity are checked in-process by tests/export/test_onnx.py
 def test_export_prints_parity_accuracies_and_int8_figures(finetuned_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "out" / "fashion.onnx"
     proc = visiontune("export", str(finetuned_run), "--out", str(out), "--quantize", "int8")

@@ -25,6 +25,7 @@ def has_colour(image: np.ndarray, rgb: tuple[int, int, int], *, pixels: int = 30
     return int(np.all(np.abs(image[..., :3].astype(int) - rgb) <= 8, axis=-1).sum()) >= pixels
 
 
+@pytest.mark.slow  # 25.5 s measured; the table and compare are checked in-process by tests/runs/
 def test_runs_lists_train_features_and_tune_runs_and_compare_draws_their_curves(
     finetuned_run: Path, features_run: Path, trained_data: Path, tmp_path: Path
 ) -> None:
