@@ -73,7 +73,9 @@ def fit_features(p: Prepared, hooks: Hooks) -> Fitted:
         on_fit=hooks.on_head,
     )
     best = best_head(results, p.monitor)
-    rows = _head_rows(results, best, embedded, len(p.data.classes))
+    # the kept head's logits, computed once: heads.csv's test accuracy and `finish` both read them
+    kept = {split: predict_logits(best.head, embedded.x[split]) for split in ("valid", "test") if split in embedded.x}
+    rows = _head_rows(results, best, kept, embedded, len(p.data.classes))
     if p.is_main:
         p.run.write_heads(rows)
         features = {**embedded.summary(), "weights_sha256": weights_digest(p.model.backbone)}
@@ -83,7 +85,7 @@ def fit_features(p: Prepared, hooks: Hooks) -> Fitted:
     model = FeatureClassifier.wrap(p.model, best.head, pool=p.config.model.pool, tta=cfg.tta)
 
     def logits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return predict_logits(best.head, embedded.x[split]), torch.as_tensor(embedded.y[split])
+        return kept[split], torch.as_tensor(embedded.y[split])
 
     return Fitted(
         model,
@@ -95,14 +97,18 @@ def fit_features(p: Prepared, hooks: Hooks) -> Fitted:
 
 
 def _head_rows(
-    results: list[HeadResult], best: HeadResult, embedded: Embedded, num_classes: int
+    results: list[HeadResult],
+    best: HeadResult,
+    kept: dict[str, torch.Tensor],
+    embedded: Embedded,
+    num_classes: int,
 ) -> list[dict[str, Any]]:
     """heads.csv: each head's valid_* scores, its test accuracy (recorded, never used to choose), fit time."""
     rows = []
     for result in results:
         row: dict[str, Any] = {"head": result.name, **{f"valid_{k}": v for k, v in result.valid.items()}}
         if "test" in embedded.x:
-            logits = predict_logits(result.head, embedded.x["test"])
+            logits = kept["test"] if result is best else predict_logits(result.head, embedded.x["test"])
             row["test_accuracy"] = score_logits(logits, embedded.y["test"], num_classes=num_classes)["accuracy"]
         rows.append({**row, "fit_s": round(result.fit_s, 3), "best": result is best})
     return rows

@@ -88,9 +88,8 @@ def train(
         >>> result.metrics["valid_accuracy"], result.monitor.name, result.bundle_dir  # doctest: +SKIP
     """
     started = time.perf_counter()
-    hooks = hooks or Hooks(callbacks=callbacks)
-    if callbacks and not hooks.callbacks:
-        hooks = dataclasses.replace(hooks, callbacks=callbacks)
+    hooks = hooks or Hooks()
+    hooks = dataclasses.replace(hooks, callbacks=[*hooks.callbacks, *callbacks])
     features = config.train.method == "features"
     if features and resume is not None:
         raise ConfigError("--method features runs don't resume: run the same command again (features are cached)")
