@@ -86,7 +86,7 @@ def test_fixed_size_models_refuse_other_sizes() -> None:
 def test_layer_groups_run_early_to_late(lite0: Classifier) -> None:
     names = [name for name, _ in lite0.named_layer_groups()]
     assert names == LITE0_GROUPS
-    groups = lite0.layer_groups()
+    groups = [[p for _, p in params] for _, params in lite0.named_layer_groups()]
     assert sum(len(g) for g in groups) == len(list(lite0.parameters()))
     assert groups[0][0] is lite0.backbone.conv_stem.weight and groups[-1][-1] is lite0.head.fc.bias
     assert {n for n, _ in lite0.named_layer_groups()[-2][1]} == {

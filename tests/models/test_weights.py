@@ -15,7 +15,7 @@ from skimage import data as skdata
 
 from visiontune.data.transforms import Preprocessing, build_transform
 from visiontune.errors import ModelError
-from visiontune.models import create_classifier, create_timm_model, get_backbone, load_offline_weights, read_state_dict
+from visiontune.models import create_classifier, get_backbone, load_offline_weights, read_state_dict
 from visiontune.models.weights import OfflineWeights, block_positions
 
 
@@ -111,18 +111,12 @@ def test_a_file_loads_into_the_classifier_backbone(tmp_path: Path, resnet18_stat
     _assert_same(backbone, {k: v for k, v in resnet18_state.items() if not k.startswith("fc.")})
 
 
-def test_timm_local_file_mechanism_loads_the_same_tensors(tmp_path: Path, resnet18_state: dict) -> None:
-    safetensors.torch.save_file(resnet18_state, tmp_path / "r18.safetensors")
-    model = create_timm_model("resnet18", file=tmp_path / "r18.safetensors")
-    _assert_same(model.state_dict(), resnet18_state)
-
-
 def test_pickled_objects_are_refused(tmp_path: Path, resnet18_state: dict) -> None:
     torch.save({"state_dict": resnet18_state, "extra": NotATensor()}, tmp_path / "evil.pth")
     with pytest.raises(ModelError, match=r"refuses to unpickle.*safetensors"):
         read_state_dict(tmp_path / "evil.pth")
     with pytest.raises(ModelError, match="refuses to unpickle"):
-        create_timm_model("resnet18", file=tmp_path / "evil.pth")
+        create_classifier("resnet18", 3, weights=tmp_path / "evil.pth", image_size=64)
 
 
 def test_a_file_from_another_architecture_names_the_keys(tmp_path: Path, resnet18_state: dict) -> None:

@@ -54,7 +54,7 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         # Normalise what JSON, YAML and users hand in (ints, lists) so equality and hashing just work.
-        object.__setattr__(self, "image_size", _size_pair(self.image_size))
+        object.__setattr__(self, "image_size", size_pair(self.image_size))
         object.__setattr__(self, "mean", _three_floats("mean", self.mean))
         object.__setattr__(self, "std", _three_floats("std", self.std))
         check_choice("interpolation", self.interpolation, INTERPOLATIONS)
@@ -171,7 +171,7 @@ class ResizePad(v2.Transform):
         self, size: int | Size, *, interpolation: InterpolationMode = InterpolationMode.BICUBIC, fill: float = 0
     ):
         super().__init__()
-        self.size = _size_pair(size)
+        self.size = size_pair(size)
         self.interpolation = interpolation
         self.fill = fill
 
@@ -199,7 +199,7 @@ class ResizeCover(v2.Transform):
         self, size: int | Size, *, crop_pct: float = 1.0, interpolation: InterpolationMode = InterpolationMode.BICUBIC
     ):
         super().__init__()
-        self.size = _size_pair(size)
+        self.size = size_pair(size)
         self.crop_pct = crop_pct
         self.interpolation = interpolation
 
@@ -252,7 +252,7 @@ def _augment_steps(pre: Preprocessing, augment: AugmentConfig | None) -> list[v2
     return steps
 
 
-def _size_pair(size: Any) -> Size:
+def size_pair(size: Any) -> Size:
     """(h, w) from an int or a 2-sequence, refusing anything else."""
     pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, list | tuple) else ()
     if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair):

@@ -12,18 +12,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from visiontune.config import RESIZE_MODES, check_choice, check_range
-from visiontune.data.transforms import Preprocessing
-from visiontune.errors import ConfigError, ModelError
+from visiontune.data.transforms import Preprocessing, size_pair
+from visiontune.errors import ModelError
 from visiontune.models.groups import Group, backbone_group_names, discriminative_param_groups
 from visiontune.models.heads import POOLS, ClassifierHead
 from visiontune.models.registry import BackboneSpec, get_backbone
-from visiontune.models.weights import create_timm_model, load_offline_weights, load_weights_file
+from visiontune.models.weights import load_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +142,6 @@ class Classifier(nn.Module):
 
     # ---- parameter groups ---------------------------------------------------------------------
 
-    def layer_groups(self) -> list[list[nn.Parameter]]:
-        """Parameters split into groups ordered early -> late; the head is the last group."""
-        return [[p for _, p in params] for _, params in self.named_layer_groups()]
-
     def named_layer_groups(self) -> list[Group]:
         """[(group name, [(parameter name, parameter)])], e.g. stem, stage0 ... stage6, top, head."""
         return [*self._backbone_groups(), ("head", list(self.head.named_parameters(prefix="head")))]
@@ -218,9 +213,9 @@ def create_classifier(
     check_choice("pool", pool, POOLS)
     check_choice("resize_mode", resize_mode, RESIZE_MODES)
     spec = get_backbone(name)
-    size = _size_pair(spec.default_size if image_size is None else image_size)
+    size = size_pair(spec.default_size if image_size is None else image_size)
     _check_min_size(spec, size, spec.min_size)
-    backbone = _build_backbone(spec, size, pretrained=pretrained and weights is None)
+    backbone = build_backbone(spec, image_size=size, pretrained=pretrained and weights is None)
     _check_backbone_size(spec, backbone, size)
     if weights is not None:
         classifier = getattr(backbone, "pretrained_cfg", {}).get("classifier")
@@ -242,21 +237,12 @@ def create_classifier(
 
 def build_backbone(spec: BackboneSpec, *, image_size: tuple[int, int], pretrained: bool = False) -> nn.Module:
     """The feature-map backbone alone: a timm model without pooling and classifier, or a scratch net."""
-    return _build_backbone(spec, image_size, pretrained=pretrained)
-
-
-def _build_backbone(spec: BackboneSpec, size: tuple[int, int], *, pretrained: bool) -> nn.Module:
     if spec.builder is not None:
         if pretrained:
             log.info("%s has no pretrained weights; it starts from random init", spec.name)
-        return spec.builder(image_size=size)
+        return spec.builder(image_size=image_size)
     # No pooling, no classifier and no timm dropout: our head does all three.
-    kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": "", "drop_rate": 0.0}
-    if pretrained and spec.offline_weights is not None:
-        backbone = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
-        load_offline_weights(backbone, spec.offline_weights, model_name=spec.name, arch=spec.timm_name)
-        return backbone
-    return create_timm_model(spec.timm_name, pretrained=pretrained, **kwargs)
+    return spec.create_timm_model(pretrained=pretrained, num_classes=0, global_pool="", drop_rate=0.0)
 
 
 def _preprocessing(spec: BackboneSpec, backbone: nn.Module, size: tuple[int, int], resize_mode: str) -> Preprocessing:
@@ -270,13 +256,6 @@ def _preprocessing(spec: BackboneSpec, backbone: nn.Module, size: tuple[int, int
             resize_mode=resize_mode,
         )
     return Preprocessing.from_timm(backbone, image_size=size, resize_mode=resize_mode)
-
-
-def _size_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair):
-        raise ConfigError(f"`image_size` must be a positive int or (height, width). Received: image_size={size!r}")
-    return pair  # type: ignore[return-value]
 
 
 def _check_min_size(spec: BackboneSpec, size: tuple[int, int], minimum: int) -> None:

@@ -31,10 +31,6 @@ def pool_features(x: torch.Tensor, pool: str = "avg") -> torch.Tensor:
     return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
 
 
-def pooled_width(in_features: int, pool: str) -> int:
-    return 2 * in_features if pool == "avgmax" else in_features
-
-
 class ClassifierHead(nn.Module):
     """Pool a feature map, optionally through a ReLU hidden layer, then dropout and a linear layer.
 
@@ -61,7 +57,7 @@ class ClassifierHead(nn.Module):
         check_range("drop_rate", drop_rate, 0.0, 1.0)
         check_range("num_classes", num_classes, 1, 1_000_000)
         self.pool = pool
-        width = pooled_width(in_features, pool)
+        width = 2 * in_features if pool == "avgmax" else in_features
         self.hidden = (
             nn.Identity() if hidden is None else nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True))
         )
@@ -71,10 +67,6 @@ class ClassifierHead(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.fc.out_features
-
-    @property
-    def pre_logits_width(self) -> int:
-        return self.fc.in_features
 
     def forward(self, feature_map: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes) float32 logits, or (B, D) features before the last layer."""

@@ -7,13 +7,11 @@ class names come with timm (`timm.data.ImageNetInfo`), so nothing is fetched.
 
 from __future__ import annotations
 
-import timm
 from torch import nn
 
 from visiontune.data.transforms import Preprocessing
 from visiontune.errors import ModelError
 from visiontune.models.registry import get_backbone
-from visiontune.models.weights import create_timm_model, load_offline_weights
 
 
 def imagenet_classes() -> list[str]:
@@ -29,11 +27,7 @@ def imagenet_model(name: str) -> tuple[nn.Module, Preprocessing]:
     spec = get_backbone(name)
     if spec.scratch or spec.timm_name is None:
         raise ModelError(f"{name} has no pretrained ImageNet classifier; give a trained bundle instead")
-    if spec.offline_weights is not None:
-        model = timm.create_model(spec.timm_name, pretrained=False)
-        load_offline_weights(model, spec.offline_weights, model_name=spec.name, arch=spec.timm_name)
-    else:
-        model = create_timm_model(spec.timm_name, pretrained=True)
+    model = spec.create_timm_model(pretrained=True)
     if getattr(model, "num_classes", 0) != 1000:
         raise ModelError(f"{name}'s pretrained head has {model.num_classes} classes, not ImageNet-1k's 1,000")
     return model.eval(), Preprocessing.from_timm(model)

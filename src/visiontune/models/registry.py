@@ -11,13 +11,14 @@ import difflib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import timm
 from torch import nn
 
 from visiontune.errors import ModelError
-from visiontune.models.scratch import build_mlp, build_small_cnn
-from visiontune.models.weights import OfflineWeights
+from visiontune.models.scratch import MLP, build_small_cnn
+from visiontune.models.weights import OfflineWeights, create_timm_model, load_offline_weights
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,14 @@ class BackboneSpec:
         if self.offline_weights.installed():
             return "offline (package installed)"
         return f"needs package {self.offline_weights.package}"
+
+    def create_timm_model(self, *, pretrained: bool, **kwargs: Any) -> nn.Module:
+        """The timm model with its pretrained weights: the packaged file when there is one, else the hub."""
+        if pretrained and self.offline_weights is not None:
+            model = timm.create_model(self.timm_name, pretrained=False, **kwargs)
+            load_offline_weights(model, self.offline_weights, model_name=self.name, arch=self.timm_name)
+            return model
+        return create_timm_model(self.timm_name, pretrained=pretrained, **kwargs)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -149,6 +158,6 @@ register_backbone(
         default_size=32,
         min_size=8,
         description="flatten + 2 hidden layers of 512, trained from scratch: a baseline for tiny images",
-        builder=build_mlp,
+        builder=MLP,
     )
 )

@@ -30,7 +30,6 @@ class SmallCNN(nn.Module):
         channels = (in_chans, *widths)
         self.stages = nn.Sequential(*(_conv_stage(c_in, c_out) for c_in, c_out in pairwise(channels)))
         self.num_features = widths[-1]
-        self.reduction = 2 ** len(widths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(x)  # (B, 3, H, W) -> (B, 128, H/8, W/8)
@@ -81,7 +80,3 @@ class MLP(nn.Module):
 
 def build_small_cnn(*, image_size: tuple[int, int]) -> SmallCNN:
     return SmallCNN()
-
-
-def build_mlp(*, image_size: tuple[int, int]) -> MLP:
-    return MLP(image_size)

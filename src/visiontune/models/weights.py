@@ -100,16 +100,12 @@ def _read_torch(path: Path) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise _refuse_pickle(path) from exc
+        raise ModelError(
+            f"weights file {path} holds pickled Python objects, which visiontune refuses to unpickle; convert it"
+            " where you trust it: safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
+        ) from exc
     except (RuntimeError, OSError, EOFError) as exc:
         raise ModelError(f"weights file {path} can't be read by torch.load ({exc}); is it complete?") from exc
-
-
-def _refuse_pickle(path: object) -> ModelError:
-    return ModelError(
-        f"weights file {path} holds pickled Python objects, which visiontune refuses to unpickle; convert it"
-        " where you trust it: safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
-    )
 
 
 def _unwrap(raw: Any, path: Path) -> StateDict:
@@ -153,10 +149,6 @@ _OUTSIDE_BLOCKS = {
 }
 
 
-def is_efficientnet_pytorch(state_dict: Mapping[str, Any]) -> bool:
-    return "_conv_stem.weight" in state_dict
-
-
 def block_positions(model: nn.Module) -> list[tuple[int, int]]:
     """(stage, index) of every block of a timm EfficientNet, in the flattened order of its stages."""
     stages = getattr(model, "blocks", None)
@@ -172,10 +164,7 @@ def rename_efficientnet_pytorch(state_dict: Mapping[str, torch.Tensor], position
     or an inverted-residual block is read from the file (only the latter has `_expand_conv`).
     """
     inverted = {int(k.split(".")[1]) for k in state_dict if k.startswith("_blocks.") and "._expand_conv." in k}
-    renamed = {}
-    for key, tensor in state_dict.items():
-        renamed[_rename_key(key, positions, inverted)] = tensor
-    return renamed
+    return {_rename_key(key, positions, inverted): tensor for key, tensor in state_dict.items()}
 
 
 def _rename_key(key: str, positions: list[tuple[int, int]], inverted: set[int]) -> str:
@@ -201,8 +190,10 @@ def load_state_dict_checked(
     Only the keys under `classifier` (e.g. "fc", "head.fc") may be dropped: when the model has no
     classifier (a backbone) or one for another number of classes.
     """
-    state_dict = _drop_unfitting_classifier(model, dict(state_dict), classifier)
     own = model.state_dict()
+    state_dict = {
+        k: v for k, v in state_dict.items() if not _under(k, classifier) or (k in own and not _misshaped(k, v, own))
+    }
     # BatchNorm fills in a missing num_batches_tracked itself, and a new classifier starts from scratch
     missing = [k for k in own if k not in state_dict and not _under(k, classifier) and _needed(k)]
     unexpected = sorted((k for k in state_dict if k not in own), key=lambda k: (not _needed(k), k))
@@ -212,18 +203,6 @@ def load_state_dict_checked(
     result = model.load_state_dict(state_dict, strict=False)
     assert all(_under(k, classifier) or not _needed(k) for k in result.missing_keys), result.missing_keys
     log.debug("loaded %d tensors from %s into %s", len(state_dict), source, arch)
-
-
-def _drop_unfitting_classifier(model: nn.Module, state_dict: StateDict, classifier: str | None) -> StateDict:
-    if not classifier:
-        return state_dict
-    own = model.state_dict()
-    keep = {}
-    for key, tensor in state_dict.items():
-        if _under(key, classifier) and (key not in own or own[key].shape != tensor.shape):
-            continue  # the new task's classifier starts from scratch
-        keep[key] = tensor
-    return keep
 
 
 def _needed(key: str) -> bool:
@@ -259,7 +238,7 @@ def load_weights_file(model: nn.Module, path: str | Path, *, arch: str, classifi
     EfficientNet, so the original lite checkpoints work as `--weights` too.
     """
     state_dict = read_state_dict(path)
-    if is_efficientnet_pytorch(state_dict) and hasattr(model, "blocks"):
+    if "_conv_stem.weight" in state_dict and hasattr(model, "blocks"):
         state_dict = rename_efficientnet_pytorch(state_dict, block_positions(model))
     load_state_dict_checked(model, state_dict, source=f"weights file {path}", arch=arch, classifier=classifier)
 
@@ -280,42 +259,25 @@ def load_offline_weights(model: nn.Module, weights: OfflineWeights, *, model_nam
     load_state_dict_checked(model, state_dict, source=f"packaged weights {path.name}", arch=arch, classifier=classifier)
 
 
-# ---- timm's own sources: the hub, or a local file through pretrained_cfg ------------------------
+# ---- timm's hub ----------------------------------------------------------------------------------
 
 
-def create_timm_model(
-    timm_name: str, *, pretrained: bool = True, file: str | Path | None = None, **kwargs: Any
-) -> nn.Module:
+def create_timm_model(timm_name: str, *, pretrained: bool = True, **kwargs: Any) -> nn.Module:
     """`timm.create_model` with its weight failures turned into ModelErrors that say what to do.
 
-    With `file`, timm's own local-file mechanism (`pretrained_cfg_overlay=dict(file=...)`) loads
-    it, including any checkpoint conversion timm knows for the architecture; timm reads it with
-    `weights_only=True`. Without, `pretrained=True` fetches from the Hugging Face hub or its cache.
+    `pretrained=True` fetches from the Hugging Face hub or its cache; a user's file goes through
+    `load_weights_file` instead, checked key by key.
     """
-    if file is not None:
-        path = Path(file)
-        if not path.is_file():
-            raise ModelError(f"weights file {path} does not exist; check the path given to --weights")
-        kwargs["pretrained_cfg_overlay"] = {**kwargs.get("pretrained_cfg_overlay", {}), "file": str(path)}
-        pretrained = True
-    elif pretrained:
+    if pretrained:
         log.info(
             "fetching weights for %s from the Hugging Face hub or its cache (HF_HUB_OFFLINE=1: cache only)", timm_name
         )
     try:
         return timm.create_model(timm_name, pretrained=pretrained, **kwargs)
     except RuntimeError as exc:
-        if isinstance(exc.__cause__, pickle.UnpicklingError):  # timm re-raises torch's weights_only refusal
-            raise _refuse_pickle(file) from exc
         first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        if file is None:
-            raise ModelError(f"{timm_name}: {first}; pass pretrained=False for random init, or --weights FILE") from exc
-        raise ModelError(
-            f"weights file {file} does not fit {timm_name}: {first}; was it saved from another architecture?"
-        ) from exc
+        raise ModelError(f"{timm_name}: {first}; pass pretrained=False for random init, or --weights FILE") from exc
     except (OSError, ValueError) as exc:  # no network and nothing cached: hub, HTTP and cache errors are OSErrors
-        if file is not None:
-            raise ModelError(f"weights file {file} can't be read for {timm_name} ({exc})") from exc
         raise ModelError(
             f"weights for {timm_name} could not be fetched from the hub (offline?): pass --weights FILE,"
             " or use an offline model: efficientnet_lite0/1/2"
