@@ -11,9 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
-from visiontune.data.demo import DEBIAN_DIR, FASHION_MNIST_CLASSES, SUBSET_FILE, load_full, stratified_subset
+from visiontune.data.demo import DEBIAN_DIR, FASHION_MNIST_CLASSES, SUBSET_FILE, load_full
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "visiontune" / "data" / "assets" / SUBSET_FILE
+
+
+def stratified_subset(
+    images: np.ndarray, labels: np.ndarray, per_class: int, *, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`per_class` images of every class, chosen by a seeded generator and kept in the original order."""
+    rng = np.random.default_rng(seed)
+    picks = [np.sort(rng.choice(np.flatnonzero(labels == c), per_class, replace=False)) for c in np.unique(labels)]
+    keep = np.sort(np.concatenate(picks))
+    return images[keep], labels[keep]
 
 
 def main() -> None:

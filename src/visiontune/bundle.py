@@ -113,12 +113,8 @@ def _checksum(block: Any) -> str | None:
 
 
 def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def save_bundle(path: str | Path, model: torch.nn.Module, meta: BundleMeta) -> Path:

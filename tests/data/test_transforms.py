@@ -11,7 +11,7 @@ from skimage import data as skdata
 from torchvision.transforms import v2
 
 from visiontune.config import AugmentConfig
-from visiontune.data.transforms import Preprocessing, ResizePad, build_transform, denormalize
+from visiontune.data.transforms import Preprocessing, ResizePad, build_transform
 from visiontune.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,6 +40,13 @@ def thirds(size: tuple[int, int] = (300, 100)) -> Image.Image:
 
 def pre(size: int | tuple[int, int] = (64, 96), mode: str = "squish", **kwargs) -> Preprocessing:
     return Preprocessing(image_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_mode=mode, **kwargs)
+
+
+def denormalize(batch: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """(B, 3, H, W) or (3, H, W) normalised tensors back to 0..1 colours."""
+    mean = torch.tensor(pre.mean, dtype=batch.dtype).view(3, 1, 1)
+    std = torch.tensor(pre.std, dtype=batch.dtype).view(3, 1, 1)
+    return (batch * std + mean).clamp(0.0, 1.0)
 
 
 def colour_at(tensor: torch.Tensor, p: Preprocessing, y: int, x: int) -> tuple[float, ...]:

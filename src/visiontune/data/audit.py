@@ -193,15 +193,8 @@ def size_stats(infos: Sequence[FileInfo]) -> dict[str, dict[str, float]]:
         "min_side": dims.min(axis=1),
         "aspect_ratio": dims[:, 0] / dims[:, 1],
     }
-    return {name: _min_median_max(values) for name, values in columns.items()}
-
-
-def _min_median_max(values: np.ndarray) -> dict[str, float]:
-    return {
-        "min": round(float(values.min()), 3),
-        "median": round(float(np.median(values)), 3),
-        "max": round(float(values.max()), 3),
-    }
+    stats = {"min": np.min, "median": np.median, "max": np.max}
+    return {name: {stat: round(float(f(values)), 3) for stat, f in stats.items()} for name, values in columns.items()}
 
 
 def suggest_image_size(min_sides: Sequence[int]) -> tuple[int, str]:

@@ -80,16 +80,6 @@ def load_subset() -> Arrays:
         return {key: npz[key] for key in npz.files if key != "classes"}
 
 
-def stratified_subset(
-    images: np.ndarray, labels: np.ndarray, per_class: int, *, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """`per_class` images of every class, chosen by a seeded generator and kept in the original order."""
-    rng = np.random.default_rng(seed)
-    picks = [np.sort(rng.choice(np.flatnonzero(labels == c), per_class, replace=False)) for c in np.unique(labels)]
-    keep = np.sort(np.concatenate(picks))
-    return images[keep], labels[keep]
-
-
 def export_dataset(
     name: str,
     out_dir: str | Path,

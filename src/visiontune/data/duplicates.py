@@ -20,31 +20,6 @@ DEFAULT_MAX_DISTANCE = 4
 DEFAULT_MAX_THUMB_DIFF = 4.0  # mean absolute difference, grey levels 0-255, after removing the mean
 
 
-class UnionFind:
-    """Disjoint sets over 0..n-1; groups are what the split keeps on one side."""
-
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def groups(self) -> list[list[int]]:
-        """Sets with more than one member, each sorted, in order of their smallest member."""
-        members: dict[int, list[int]] = defaultdict(list)
-        for i in range(len(self.parent)):
-            members[self.find(i)].append(i)
-        return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
-
-
 def exact_pairs(infos: Sequence[FileInfo]) -> list[tuple[int, int]]:
     """Pairs (first, other) of files with identical bytes."""
     first: dict[str, int] = {}
@@ -127,18 +102,29 @@ _BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 def _centred_thumbs(infos: Sequence[FileInfo]) -> np.ndarray:
     side = THUMB_SIDE * THUMB_SIDE
-    raw = (
-        np.stack([np.frombuffer(i.thumb or bytes(side), dtype=np.uint8) for i in infos])
-        if infos
-        else np.zeros((0, side))
-    )
-    thumbs = raw.astype(np.float32)
+    thumbs = np.stack([np.frombuffer(i.thumb or bytes(side), dtype=np.uint8) for i in infos]).astype(np.float32)
     return thumbs - thumbs.mean(axis=1, keepdims=True)  # (N, 256), brightness shifts cancel
 
 
-def duplicate_groups(n: int, pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
-    """Connected groups of indices given linking pairs."""
-    sets = UnionFind(n)
+def components(n: int, pairs: Iterable[tuple[int, int]]) -> list[int]:
+    """The smallest index of each index's component, for 0..n-1 linked by `pairs` (a union-find)."""
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
     for a, b in pairs:
-        sets.union(a, b)
-    return sets.groups()
+        ra, rb = find(a), find(b)
+        parent[max(ra, rb)] = min(ra, rb)
+    return [find(i) for i in range(n)]
+
+
+def duplicate_groups(n: int, pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """Connected groups of more than one index given linking pairs, each sorted, in order of their smallest member."""
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, component in enumerate(components(n, pairs)):
+        members[component].append(i)
+    return [m for m in members.values() if len(m) > 1]

@@ -83,10 +83,6 @@ def thumbnail(image: Image.Image) -> bytes:
     return grey.tobytes()
 
 
-def hamming(a: int, b: int) -> int:
-    return (a ^ b).bit_count()
-
-
 def read_file_info(path: str | Path, max_pixels: int) -> FileInfo:
     """Hash, header and decode check of one file, reading it from disk once."""
     path = str(path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,13 +137,6 @@ def collate_items(rows: list[Row]) -> Batch:
     return Batch(pixels, indices, failures, digests, targets)
 
 
-def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in each worker from torch's per-worker seed, so augmentation repeats."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 def default_num_workers(*, gpu: bool | None = None) -> int:
     """Loader processes that help rather than compete.
 
@@ -190,7 +182,6 @@ def image_loader(
         drop_last=drop_last,
         persistent_workers=persistent_workers and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
-        worker_init_fn=seed_worker,
         collate_fn=collate_items,
     )
 

@@ -16,20 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from visiontune.data.duplicates import UnionFind
+from visiontune.data.duplicates import components
 from visiontune.data.sources import Sample, relative_posix
 
 
 def group_ids(samples: Sequence[Sample], links: Sequence[tuple[int, int]]) -> list[int]:
     """One id per sample: samples linked directly (duplicates) or by the same user group share an id."""
-    sets = UnionFind(len(samples))
-    for a, b in links:
-        sets.union(a, b)
     first_of_group: dict[str, int] = {}
-    for index, sample in enumerate(samples):
-        if sample.group is not None:
-            sets.union(first_of_group.setdefault(sample.group, index), index)
-    return [sets.find(i) for i in range(len(samples))]
+    same_group = [(first_of_group.setdefault(s.group, i), i) for i, s in enumerate(samples) if s.group is not None]
+    return components(len(samples), [*links, *same_group])
 
 
 def assign_splits(

@@ -154,13 +154,6 @@ def normalize_batch(images: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     return F.normalize(scaled, list(pre.mean), list(pre.std), inplace=True)
 
 
-def denormalize(batch: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
-    """(B, 3, H, W) or (3, H, W) normalised tensors back to 0..1 colours, for sample grids and plots."""
-    mean = torch.tensor(pre.mean, dtype=batch.dtype, device=batch.device).view(3, 1, 1)
-    std = torch.tensor(pre.std, dtype=batch.dtype, device=batch.device).view(3, 1, 1)
-    return (batch * std + mean).clamp(0.0, 1.0)
-
-
 class ResizePad(v2.Transform):
     """Resize so the whole image fits in `size` (h, w) keeping its aspect, then pad it centred with `fill`.
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from visiontune.bundle import BundleMeta
-from visiontune.data.images import open_image
+from visiontune.data.images import from_array, open_image
 from visiontune.data.transforms import normalize_batch, pixel_transform
 from visiontune.errors import DatasetError
 from visiontune.predict import Predictor
@@ -104,7 +104,7 @@ def sample_batch(images: CheckImages, meta: BundleMeta, size: int) -> torch.Tens
     """(size, 3, H, W) normalised float32 images from `images`, repeated if there are fewer."""
     pixels = pixel_transform(meta.preprocessing)
     chosen = [images.items[i % len(images.items)] for i in range(size)]
-    decoded = [open_image(item) if isinstance(item, Path) else _from_array(item) for item in chosen]
+    decoded = [open_image(item) if isinstance(item, Path) else from_array(item) for item in chosen]
     return normalize_batch(torch.stack([pixels(image) for image in decoded]), meta.preprocessing).contiguous()
 
 
@@ -131,9 +131,3 @@ def throughputs(
                     images += len(batch)
                 best[index] = max(best[index], images / elapsed)
     return best
-
-
-def _from_array(array: np.ndarray) -> Any:
-    from visiontune.data.images import from_array
-
-    return from_array(array)

@@ -18,9 +18,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from starlette.responses import JSONResponse
-
-from visiontune.serve.uploads import ASGIApp, Message, Scope
+from visiontune.serve.uploads import ASGIApp, Message, Scope, send_error
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 ANY = "*"
@@ -95,9 +93,9 @@ class HostGuard:
         host = headers.get(b"host", "")
         origin = headers.get(b"origin")
         if not self.any_host and _hostname(host) not in self.hosts:
-            await _refuse(send, 400, self._host_error(host))
+            await send_error(send, 400, self._host_error(host))
         elif origin is not None and scope["method"] not in _SAFE_METHODS and not self._same_site(origin, host):
-            await _refuse(send, 403, self._origin_error(origin))
+            await send_error(send, 403, self._origin_error(origin))
         else:
             await self.app(scope, receive, send)
 
@@ -120,10 +118,3 @@ class HostGuard:
             f"cross-origin request from {origin[:100]!r} refused: only this server's own page may post here; "
             f"to accept that site, start the server with --allow-origin {origin[:100]}"
         )
-
-
-async def _refuse(send: Callable[[Message], Awaitable[None]], status: int, message: str) -> None:
-    async def no_body() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    await JSONResponse({"error": message}, status_code=status)({"type": "http"}, no_body, send)

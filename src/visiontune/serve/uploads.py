@@ -142,7 +142,8 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _reject(send, int(declared), limit)
+            message = f"the request body ({int(declared):,} bytes) is over the limit of {limit:,} bytes"
+            await send_error(send, 413, f"{message}; send a smaller image")
             return
         seen = 0
 
@@ -157,13 +158,11 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-async def _reject(send: Callable[[Message], Awaitable[None]], size: int, limit: int) -> None:
+async def send_error(send: Callable[[Message], Awaitable[None]], status: int, message: str) -> None:
+    """Answer `{"error": message}` with `status` from ASGI middleware, before the app has read the request."""
     from starlette.responses import JSONResponse
-
-    message = f"the request body ({size:,} bytes) is over the limit of {limit:,} bytes; send a smaller image"
-    response = JSONResponse({"error": message}, status_code=413)
 
     async def no_body() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    await response({"type": "http"}, no_body, send)
+    await JSONResponse({"error": message}, status_code=status)({"type": "http"}, no_body, send)
