@@ -12,10 +12,10 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from visiontune.errors import OutputError
 
@@ -92,14 +92,9 @@ def output_error(path: str | os.PathLike[str], code: int | None, exc: BaseExcept
     return OutputError(f"{path}: can't write ({reason})")
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], None], *, mode: str = "w") -> None:
-    """Call `write(handle)` on a temporary file, then move it over `path`."""
-    with atomic_path(path) as tmp, open(tmp, mode) as handle:
-        write(handle)
-
-
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:

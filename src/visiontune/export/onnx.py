@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
 OPSETS = range(18, 24)  # what torch.onnx's exporter writes natively (older opsets would need a lossy conversion)
-_NOT_EXPORTABLE_HINT = "serve it with --backend torch, or fit a linear head (--heads logreg) to export"
 
 
 def export_bundle(source: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
@@ -91,11 +90,11 @@ def to_onnx(
                 verbose=False,
             )
     except Exception as exc:  # torch.export and the ONNX translation raise many unrelated types
-        reason = _first_line(exc)
-        raise ModelError(f"{where}: {_what(meta)} can't be exported to ONNX ({reason}); {_hint(meta)}") from exc
+        what, hint = _why_not(meta)
+        raise ModelError(f"{where}: {what} can't be exported to ONNX ({_first_line(exc)}); {hint}") from exc
     proto = program.model_proto
     if not proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param:
-        raise ModelError(f"{where}: the exported graph has a fixed batch size; {_hint(meta)}")
+        raise ModelError(f"{where}: the exported graph has a fixed batch size; {_why_not(meta)[1]}")
     set_metadata(proto, metadata(meta, weights=weights))
     onnx.save_model(proto, str(path))
 
@@ -149,15 +148,15 @@ def _quiet() -> Iterator[None]:
             log.debug("torch.onnx: %s", captured.getvalue())
 
 
-def _what(meta: BundleMeta) -> str:
+def _why_not(meta: BundleMeta) -> tuple[str, str]:
+    """What could not be exported, and what to do instead."""
     head = (meta.arch.get("fitted_head") or {}).get("kind")
-    return f"the {head} head (features method)" if head else f"the {meta.arch.get('name', 'model')} model"
-
-
-def _hint(meta: BundleMeta) -> str:
-    if (meta.arch.get("fitted_head") or {}).get("kind"):
-        return _NOT_EXPORTABLE_HINT
-    return "serve it with --backend torch, or try another --opset"
+    if head:
+        return (
+            f"the {head} head (features method)",
+            "serve it with --backend torch, or fit a linear head (--heads logreg) to export",
+        )
+    return f"the {meta.arch.get('backbone', 'model')} model", "serve it with --backend torch, or try another --opset"
 
 
 def _first_line(exc: BaseException) -> str:
