@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from visiontune.config import RESIZE_MODES, check_choice, check_range
+from visiontune.config import check_range
 from visiontune.data.transforms import Preprocessing, size_pair
 from visiontune.errors import ModelError
 from visiontune.models.groups import Group, backbone_group_names, discriminative_param_groups
-from visiontune.models.heads import POOLS, ClassifierHead
+from visiontune.models.heads import ClassifierHead
 from visiontune.models.registry import BackboneSpec, get_backbone
 from visiontune.models.weights import load_weights_file
 
@@ -208,11 +208,7 @@ def create_classifier(
         >>> model(torch.randn(2, 3, 128, 128)).shape  # doctest: +SKIP
         torch.Size([2, 10])
     """
-    check_range("num_classes", num_classes, 1, 1_000_000)
-    check_range("drop_rate", drop_rate, 0.0, 1.0)
-    check_choice("pool", pool, POOLS)
-    check_choice("resize_mode", resize_mode, RESIZE_MODES)
-    spec = get_backbone(name)
+    spec = get_backbone(name)  # the head checks num_classes, drop_rate and pool; Preprocessing the resize_mode
     size = size_pair(spec.default_size if image_size is None else image_size)
     _check_min_size(spec, size, spec.min_size)
     backbone = build_backbone(spec, image_size=size, pretrained=pretrained and weights is None)
