@@ -17,7 +17,7 @@ import numpy as np
 from visiontune.data.fileinfo import THUMB_SIDE, FileInfo
 
 DEFAULT_MAX_DISTANCE = 4
-DEFAULT_MAX_THUMB_DIFF = 4.0  # mean absolute difference, grey levels 0-255, after removing the mean
+MAX_THUMB_DIFF = 4.0  # mean absolute difference, grey levels 0-255, after removing the mean
 
 
 def exact_pairs(infos: Sequence[FileInfo]) -> list[tuple[int, int]]:
@@ -34,12 +34,7 @@ def exact_pairs(infos: Sequence[FileInfo]) -> list[tuple[int, int]]:
     return pairs
 
 
-def near_pairs(
-    infos: Sequence[FileInfo],
-    *,
-    max_distance: int = DEFAULT_MAX_DISTANCE,
-    max_thumb_diff: float = DEFAULT_MAX_THUMB_DIFF,
-) -> list[tuple[int, int]]:
+def near_pairs(infos: Sequence[FileInfo], *, max_distance: int = DEFAULT_MAX_DISTANCE) -> list[tuple[int, int]]:
     """Pairs (i < j) of readable files that look the same but are not byte-identical."""
     usable = [i for i, info in enumerate(infos) if info.ok and info.phash is not None]
     candidates = _candidate_pairs([infos[i].phash for i in usable], max_distance)  # type: ignore[misc]
@@ -51,7 +46,8 @@ def near_pairs(
         [np.abs(thumbs[a[k : k + 65536]] - thumbs[b[k : k + 65536]]).mean(axis=1) for k in range(0, len(a), 65536)]
     )
     pairs = []
-    for x, y in zip(a[diff <= max_thumb_diff].tolist(), b[diff <= max_thumb_diff].tolist(), strict=True):
+    close = diff <= MAX_THUMB_DIFF
+    for x, y in zip(a[close].tolist(), b[close].tolist(), strict=True):
         i, j = usable[x], usable[y]
         if infos[i].sha256 != infos[j].sha256:  # byte-identical copies are exact, not near, duplicates
             pairs.append((i, j))

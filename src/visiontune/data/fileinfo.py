@@ -172,7 +172,6 @@ def scan_files(
     paths: Sequence[str | Path],
     *,
     max_pixels: int = 64_000_000,
-    workers: int | None = None,
     cache_path: Path | None = None,
     use_cache: bool = True,
     progress: Callable[[int], None] | None = None,
@@ -183,7 +182,7 @@ def scan_files(
     """
     cache = FileInfoCache((cache_path or default_cache_path()) if use_cache else None)
     try:
-        return _scan(paths, cache, max_pixels, workers or available_cpus(), progress)
+        return _scan(paths, cache, max_pixels, available_cpus(), progress)
     finally:
         cache.close()
 
