@@ -10,7 +10,6 @@ and writes a QDQ graph with per-channel int8 weights that onnxruntime runs with 
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,8 +69,7 @@ def quantize_int8(
         props = {p.key: p.value for p in source.metadata_props}
         props["quantization"] = f"int8 static QDQ, per-channel weights, calibrated on {calibration.description}"
         set_metadata(quantized, props)
-        onnx.save_model(quantized, str(Path(tmp) / "final.onnx"))
-        shutil.move(str(Path(tmp) / "final.onnx"), out)
+        onnx.save_model(quantized, str(out))
 
 
 def _batches(calibration: CheckImages, meta: BundleMeta, images: int) -> Iterator[torch.Tensor]:
