@@ -123,7 +123,7 @@ def inspect_data(
     config = dataclasses.replace(config or DataConfig(), sample=1.0)
     start = time.perf_counter()
     data = load_data(source, config, check=False, progress=progress, on_total=on_total)
-    report = build_report(data, config)
+    report = build_report(data)
     if out_dir is not None:
         report.grids = write_grids(data, Path(out_dir), per_class=grid_per_class, max_pixels=config.max_pixels)
     report.elapsed_s = round(time.perf_counter() - start, 3)
@@ -134,7 +134,7 @@ def inspect_data(
     return report
 
 
-def build_report(data: LabelledImages, config: DataConfig) -> AuditReport:
+def build_report(data: LabelledImages) -> AuditReport:
     """The report of a loaded data set, without grids or timing."""
     rel = functools.partial(relative_posix, root=data.root)
     usable = [data.infos[s.path] for s in data.samples]

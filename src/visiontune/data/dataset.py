@@ -140,7 +140,7 @@ def load_data(
     unreadable = [i for i in infos if not i.ok]
     for info in unreadable:
         log.warning("skipping %s: %s", info.path, info.error)
-    links = _duplicate_links(good, [by_path[s.path] for s in good], config)
+    links = _duplicate_links([by_path[s.path] for s in good], config)
     samples = _split(good, links, scan.root, config)
     data = LabelledImages(scan.root, scan.kind, sort_labels(s.label for s in samples), samples, by_path, unreadable)
     data.skipped, data.empty_classes = scan.skipped, scan.empty_classes
@@ -181,9 +181,7 @@ def _scan(source: str | Path | Scan, config: DataConfig, label_func: Callable[[P
     )
 
 
-def _duplicate_links(
-    samples: list[Sample], infos: list[FileInfo], config: DataConfig
-) -> dict[str, list[tuple[int, int]]]:
+def _duplicate_links(infos: list[FileInfo], config: DataConfig) -> dict[str, list[tuple[int, int]]]:
     """Index pairs of exact and near duplicates among the readable samples (the split and the audit use both)."""
     return {
         "exact": duplicates.exact_pairs(infos),
