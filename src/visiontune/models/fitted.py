@@ -115,8 +115,8 @@ class KNNHead(FittedHead):
         self, in_features: int, num_classes: int, *, num_train: int, k: int = 10, weights: str = "distance"
     ) -> None:
         super().__init__(in_features, num_classes, l2=True)
-        if weights not in ("uniform", "distance"):
-            raise ModelError(f"k-NN weights must be 'uniform' or 'distance'. Received: weights={weights!r}")
+        if weights != "distance":  # stored in bundles for a later "uniform"; the fitter only makes this one
+            raise ModelError(f"k-NN weights must be 'distance'. Received: weights={weights!r}")
         self.num_train, self.k, self.weights = int(num_train), min(int(k), int(num_train)), weights
         self.register_buffer("train_x", torch.zeros(self.num_train, self.in_features))  # (N, D), unit rows
         self.register_buffer("train_y", torch.zeros(self.num_train, dtype=torch.int64))  # (N,)
@@ -126,11 +126,8 @@ class KNNHead(FittedHead):
         squared = (2.0 - 2.0 * x @ self.train_x.T).clamp_min(0.0)  # (B, N)
         nearest, index = squared.topk(self.k, dim=1, largest=False)  # (B, k)
         distance = nearest.sqrt()
-        if self.weights == "uniform":
-            weight = torch.ones_like(distance)
-        else:
-            exact = distance == 0
-            weight = torch.where(exact.any(dim=1, keepdim=True), exact.float(), 1.0 / distance.clamp_min(1e-12))
+        exact = distance == 0
+        weight = torch.where(exact.any(dim=1, keepdim=True), exact.float(), 1.0 / distance.clamp_min(1e-12))
         votes = torch.zeros(x.shape[0], self.num_classes, device=x.device).scatter_add_(1, self.train_y[index], weight)
         return (votes / votes.sum(dim=1, keepdim=True)).clamp_min(PROBA_FLOOR).log()
 
