@@ -66,12 +66,6 @@ class RunFolder:
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RunFolder) and other.path == self.path
-
-    def __hash__(self) -> int:
-        return hash(self.path)
-
     # ---- layout ---------------------------------------------------------------------------------
     def file(self, name: str) -> Path:
         """The path of one of the names above (e.g. `run.file(HISTORY)`)."""
@@ -92,12 +86,6 @@ class RunFolder:
     def checkpoint(self, which: str) -> Path:
         """checkpoints/last.safetensors or best.safetensors."""
         return self.checkpoints_dir / f"{which}.safetensors"
-
-    def is_run(self) -> bool:
-        """A folder `train` (or a tune trial) wrote: it has a config.yaml and its bundle or run.json."""
-        return self.file(CONFIG).is_file() and (
-            self.file(INFO).is_file() or (self.bundle_dir / "bundle.json").is_file()
-        )
 
     # ---- create, lock, claim --------------------------------------------------------------------
     def check_target(self, *, overwrite: bool | None = None) -> None:

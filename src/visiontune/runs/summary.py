@@ -188,17 +188,9 @@ def sort_runs(runs: list[RunSummary], key: str = "date", *, reverse: bool = Fals
             return run.valid if get_monitor(run.monitor).mode == "min" else -run.valid  # best first
         if key == "test":
             return None if run.test is None else -run.test
-        return {
-            "date": run.date,
-            "name": run.name,
-            "data": run.data,
-            "method": run.method,
-            "backbone": run.backbone,
-            "size": run.image_size,
-            "epochs": None if run.epochs is None else (run.freeze_epochs or 0) + run.epochs,
-            "time": run.time_s,
-            "status": run.status,
-        }[key]
+        if key == "epochs":
+            return None if run.epochs is None else (run.freeze_epochs or 0) + run.epochs
+        return getattr(run, {"size": "image_size", "time": "time_s"}.get(key, key))
 
     present = sorted((r for r in runs if value(r) is not None), key=value, reverse=reverse)
     return present + [r for r in runs if value(r) is None]
