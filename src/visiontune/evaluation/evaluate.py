@@ -32,7 +32,7 @@ from visiontune.data.loader import ImageItems
 from visiontune.data.sources import Sample
 from visiontune.errors import DatasetError
 from visiontune.evaluation import figures, gradcam
-from visiontune.evaluation.ood import ood_metrics, ood_samples, ood_score_values
+from visiontune.evaluation.ood import ood_metrics, ood_samples
 from visiontune.evaluation.report import write_report
 from visiontune.evaluation.selection import SPLIT_CHOICES, Selection, sample_path, select_images
 from visiontune.evaluation.summary import evaluation_metrics, sample_losses, unknown_summary
@@ -276,7 +276,7 @@ def _ood(
     calibration = predictor.calibration
     result = {"folder": str(config.ood), **ood_metrics(scored.logits, unknown.logits, calibration)}
     figures.plot_ood_scores(
-        ood_score_values(scored.logits, calibration), ood_score_values(unknown.logits, calibration),
+        calibration.scores(scored.logits), calibration.scores(unknown.logits),
         score=result["score"], threshold=result["threshold"], path=out_dir / "ood_scores.png",
     )  # fmt: skip
     return result, unknown

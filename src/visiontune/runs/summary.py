@@ -8,6 +8,7 @@ row; a folder whose files can't be read is skipped with a warning rather than hi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ SORT_KEYS = ("date", "name", "data", "method", "backbone", "size", "epochs", "va
 class RunSummary:
     """One run folder, as the `runs` table shows it."""
 
-    path: Path
     name: str  # the folder relative to the listed root
+    path: Path
     date: datetime | None
     data: str
     method: str
@@ -55,22 +56,11 @@ class RunSummary:
         return f"{self.freeze_epochs}+{self.epochs}" if self.freeze_epochs else str(self.epochs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "date": self.date.isoformat(timespec="seconds") if self.date else None,
-            "data": self.data,
-            "method": self.method,
-            "backbone": self.backbone,
-            "image_size": self.image_size,
-            "epochs": self.epochs_label,
-            "monitor": self.monitor,
-            "valid": self.valid,
-            "test": self.test,
-            "time_s": self.time_s,
-            "status": self.status,
-            "trial": self.trial,
-        }
+        """The `--json` row: every field, the path as text, the date in ISO form and epochs as the table shows them."""
+        row = dataclasses.asdict(self)
+        del row["freeze_epochs"]
+        date = self.date.isoformat(timespec="seconds") if self.date else None
+        return {**row, "path": str(self.path), "date": date, "epochs": self.epochs_label}
 
 
 def find_runs(root: str | Path) -> list[RunSummary]:
