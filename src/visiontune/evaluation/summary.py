@@ -83,13 +83,13 @@ def per_class_report(y: np.ndarray, preds: np.ndarray, classes: list[str]) -> di
     }
 
 
-def most_confused(matrix: np.ndarray, classes: list[str], *, min_count: int = 1) -> list[dict[str, Any]]:
+def most_confused(matrix: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
     """Off-diagonal cells of the confusion matrix, most frequent first (fastai's `most_confused`)."""
     pairs = [
         {"actual": classes[a], "predicted": classes[p], "count": int(matrix[a, p])}
         for a in range(len(classes))
         for p in range(len(classes))
-        if a != p and matrix[a, p] >= min_count
+        if a != p and matrix[a, p] > 0
     ]
     return sorted(pairs, key=lambda row: (-row["count"], row["actual"], row["predicted"]))
 

@@ -37,10 +37,6 @@ def trial_row(trial: Any) -> dict[str, Any]:
     return row
 
 
-def trial_rows(study: Any) -> list[dict[str, Any]]:
-    return [trial_row(t) for t in study.get_trials(deepcopy=False)]
-
-
 def best_trial(study: Any) -> dict[str, Any] | None:
     """The best complete trial: number, value, params, run folder and resolved config (None before one completes)."""
     from optuna.trial import TrialState

@@ -37,6 +37,7 @@ class FittedHead(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+    settings: ClassVar[tuple[str, ...]] = ("l2",)  # the constructor's arguments besides the shapes, for config()
 
     def __init__(self, in_features: int, num_classes: int, *, l2: bool = False) -> None:
         super().__init__()
@@ -63,7 +64,8 @@ class FittedHead(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """JSON-friendly kind and shapes: `fitted_head(config)` builds an empty twin for `load_state_dict`."""
-        return {"kind": self.kind, "in_features": self.in_features, "num_classes": self.num_classes, "l2": self.l2}
+        shapes = {"kind": self.kind, "in_features": self.in_features, "num_classes": self.num_classes}
+        return {**shapes, **{name: getattr(self, name) for name in self.settings}}
 
 
 class LinearHead(FittedHead):
@@ -83,6 +85,7 @@ class MLPHead(FittedHead):
     """One ReLU hidden layer with dropout, trained in torch on standardised features."""
 
     kind = "mlp"
+    settings = ("l2", "hidden", "dropout")
 
     def __init__(
         self, in_features: int, num_classes: int, *, hidden: int = 512, dropout: float = 0.5, l2: bool = False
@@ -99,9 +102,6 @@ class MLPHead(FittedHead):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "hidden": self.hidden, "dropout": self.dropout}
-
 
 class KNNHead(FittedHead):
     """k nearest training vectors by cosine distance (unit vectors, Euclidean), weighted by 1 / distance.
@@ -110,6 +110,7 @@ class KNNHead(FittedHead):
     """
 
     kind = "knn"
+    settings = ("num_train", "k", "weights")  # always cosine: no l2
 
     def __init__(
         self, in_features: int, num_classes: int, *, num_train: int, k: int = 10, weights: str = "distance"
@@ -131,11 +132,6 @@ class KNNHead(FittedHead):
         votes = torch.zeros(x.shape[0], self.num_classes, device=x.device).scatter_add_(1, self.train_y[index], weight)
         return (votes / votes.sum(dim=1, keepdim=True)).clamp_min(PROBA_FLOOR).log()
 
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        del cfg["l2"]  # always cosine
-        return {**cfg, "num_train": self.num_train, "k": self.k, "weights": self.weights}
-
 
 class ForestHead(FittedHead):
     """A forest of axis-aligned decision trees walked in parallel, mean of the leaves' class fractions.
@@ -145,6 +141,7 @@ class ForestHead(FittedHead):
     """
 
     kind = "forest"
+    settings = ("num_trees", "num_nodes", "depth")
 
     def __init__(self, in_features: int, num_classes: int, *, num_trees: int, num_nodes: int, depth: int) -> None:
         super().__init__(in_features, num_classes)
@@ -165,11 +162,6 @@ class ForestHead(FittedHead):
         proba = self.value[node].mean(dim=1)  # (B, T, K) -> (B, K)
         return proba.clamp_min(PROBA_FLOOR).log()
 
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        del cfg["l2"]
-        return {**cfg, "num_trees": self.num_trees, "num_nodes": self.num_nodes, "depth": self.depth}
-
 
 class SVMHead(FittedHead):
     """An RBF-kernel SVM (one-vs-one, as libsvm trains it), temperature-scaled into probabilities.
@@ -181,6 +173,7 @@ class SVMHead(FittedHead):
     """
 
     kind = "svm"
+    settings = ("num_support",)
 
     def __init__(self, in_features: int, num_classes: int, *, num_support: int) -> None:
         super().__init__(in_features, num_classes)
@@ -207,11 +200,6 @@ class SVMHead(FittedHead):
         votes = wins.float() @ self.first + (~wins).float() @ self.second  # (B, K)
         confidence = decision @ (self.first - self.second)
         return (votes + confidence / (3.0 * (confidence.abs() + 1.0))) * self.beta
-
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        del cfg["l2"]
-        return {**cfg, "num_support": self.num_support}
 
 
 FITTED_HEADS: dict[str, type[FittedHead]] = {

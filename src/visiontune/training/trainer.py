@@ -279,7 +279,6 @@ class Trainer:
         return {f"{split}_{name}": value for name, value in metrics.items()}
 
     def ema_weights(self) -> Any:
-
         return self.ema.applied(self.raw_model) if self.ema is not None else nullcontext()
 
     # ------------------------------------------------------------------------------ lr finder
