@@ -11,9 +11,8 @@
 
 Every head is scored through its torch form (`visiontune.models.fitted`), the code the bundle runs,
 so the table printed after a run is what predict will do; the tests check each torch form
-against scikit-learn's own `predict_proba`. scikit-learn estimators are not saved: their learned
-arrays go into the bundle's safetensors (no pickle, nothing to trust, no scikit-learn version to
-match at predict time), and `HeadResult.estimator` keeps them for the caller.
+against scikit-learn's own `predict_proba`. The estimators themselves are never saved (their arrays
+are, as buffers: see `visiontune.models.fitted`); `HeadResult.estimator` keeps them for the caller.
 
 `DEFAULT_HEADS` (logreg, knn, linear) were chosen by measuring all six on the Fashion-MNIST subset
 (bench/RESULTS.md, "features"): svm and mlp score like logreg and linear at 6-12x their
@@ -28,6 +27,7 @@ one-line torch form.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -162,11 +162,7 @@ def best_head(results: Sequence[HeadResult], monitor: Monitor | None = None) -> 
     """The head with the best validation `monitor` (valid_accuracy by default); ties go to the one listed first."""
     monitor = monitor or get_monitor("valid_accuracy")
     key = monitor.name.removeprefix("valid_")
-    best = results[0]
-    for result in results[1:]:
-        if monitor.better(result.valid[key], best.valid[key]):
-            best = result
-    return best
+    return functools.reduce(lambda best, r: r if monitor.better(r.valid[key], best.valid[key]) else best, results)
 
 
 def _check_labels(y: np.ndarray, num_classes: int) -> None:
