@@ -46,8 +46,9 @@ def test_torch_form_matches_scikit_learn(name: str, classes: tuple[int, ...], fa
     test_x, _ = _pixels(fashion, "test", classes, 30)
     head, estimator = fit_head(name, train_x, train_y, num_classes=len(classes), seed=0)
     proba = torch.softmax(predict_logits(head, test_x), dim=1).numpy()
-    np.testing.assert_allclose(proba, estimator.predict_proba(test_x), atol=2e-5)
-    assert (proba.argmax(1) == estimator.predict(test_x)).all()
+    prepared = head.prepare(torch.as_tensor(test_x)).numpy()  # the estimator was fitted on prepared features
+    np.testing.assert_allclose(proba, estimator.predict_proba(prepared), atol=2e-5)
+    assert (proba.argmax(1) == estimator.predict(prepared)).all()
 
 
 def test_fit_heads_scores_on_valid_and_picks_the_best(three: tuple[np.ndarray, ...]) -> None:

@@ -64,7 +64,7 @@ def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:
 def summary(
     name: str, valid: float | None, *, monitor: str = "valid_accuracy", time_s: float | None = 1.0
 ) -> RunSummary:
-    return RunSummary(Path(name), name, None, "d", "finetune", "b", 64, 1, 6, monitor, valid, None, time_s, "done")
+    return RunSummary(name, Path(name), None, "d", "finetune", "b", 64, 1, 6, monitor, valid, None, time_s, "done")
 
 
 def test_sort_orders() -> None:

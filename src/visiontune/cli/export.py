@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -50,41 +51,31 @@ def export_command(
 
 def _print_report(report: ExportReport, opset: int) -> None:
     parity = report.parity
-    console.print(f"exported {report.path} ({_mb(report.size_bytes)}, opset {opset}, dynamic batch)", highlight=False)
-    console.print(f"checked on {report.images}:", highlight=False)
-    console.print(
+    say = functools.partial(console.print, highlight=False)  # numbers in the lines are not to be coloured
+    say(f"exported {report.path} ({_mb(report.size_bytes)}, opset {opset}, dynamic batch)")
+    say(f"checked on {report.images}:")
+    say(
         f"  probabilities: max |PyTorch - ONNX| = {parity.max_abs_diff:.1e} (limit {report.tolerance:g}) [green]ok[/];"
-        f" top-1 agreement {parity.agreement:.2%}",
-        highlight=False,
+        f" top-1 agreement {parity.agreement:.2%}"
     )
     if parity.reference_accuracy is not None:
-        console.print(
-            f"  accuracy: PyTorch {parity.reference_accuracy:.2%}, ONNX {parity.candidate_accuracy:.2%}",
-            highlight=False,
-        )
+        say(f"  accuracy: PyTorch {parity.reference_accuracy:.2%}, ONNX {parity.candidate_accuracy:.2%}")
     q = report.quantized
     if q is None:
         return
     c = q.comparison
-    console.print(f"int8: {q.path} (calibrated on {q.calibration})", highlight=False)
-    console.print(
-        f"  size {_mb(q.float_size_bytes)} -> {_mb(q.size_bytes)} ({q.float_size_bytes / q.size_bytes:.1f}x smaller)",
-        highlight=False,
-    )
-    console.print(
+    say(f"int8: {q.path} (calibrated on {q.calibration})")
+    say(f"  size {_mb(q.float_size_bytes)} -> {_mb(q.size_bytes)} ({q.float_size_bytes / q.size_bytes:.1f}x smaller)")
+    say(
         f"  speed {q.float_speed:.0f} -> {q.int8_speed:.0f} images/s ({q.int8_speed / q.float_speed:.2f}x;"
-        f" onnxruntime on this CPU, batches of {q.batch})",
-        highlight=False,
+        f" onnxruntime on this CPU, batches of {q.batch})"
     )
     accuracy = ""
     if c.reference_accuracy is not None and c.candidate_accuracy is not None:
         accuracy = f"accuracy {c.reference_accuracy:.2%} -> {c.candidate_accuracy:.2%}, "
         if c.candidate_accuracy < c.reference_accuracy - INT8_ACCURACY_WARNING:
             err_console.print("[yellow]warning:[/] int8 costs over 1 point of accuracy: prefer the float model")
-    console.print(
-        f"  {accuracy}top-1 agreement with float {c.agreement:.2%}, max probability difference {c.max_abs_diff:.3f}",
-        highlight=False,
-    )
+    say(f"  {accuracy}top-1 agreement with float {c.agreement:.2%}, max probability difference {c.max_abs_diff:.3f}")
 
 
 def _mb(size: int) -> str:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from visiontune.cli import options
 from visiontune.cli.console import console, progress_bar
+from visiontune.config import DataConfig
 from visiontune.data.audit import AuditReport, inspect_data
 
 MAX_LISTED = 20  # paths shown per finding in the terminal; inspect.json has them all
@@ -31,8 +32,8 @@ def inspect_command(
 
     Exits 0 when the data can be used (warnings included), 3 when it can't.
     """
-    config = options.data_config(
-        data,
+    config = DataConfig(
+        source=data,
         label_regex=label_regex,
         group_regex=group_regex,
         group_col=group_col,

@@ -1,12 +1,10 @@
-"""Options shared by the commands that read a data set, and their mapping onto DataConfig."""
+"""Options shared by the commands that read a data set (their DataConfig fields)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-
-from visiontune.config import DataConfig
 
 LabelRegex = Annotated[
     str | None,
@@ -23,27 +21,3 @@ ValidPct = Annotated[
     float, typer.Option("--valid-pct", min=0.0, max=0.9, help="Validation share when the data has no valid split.")
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for the split, sampling and training.")]
-Sample = Annotated[
-    float, typer.Option("--sample", min=0.0, max=1.0, help="Use a stratified fraction of train/valid, e.g. 0.1.")
-]
-
-
-def data_config(
-    source: str,
-    *,
-    label_regex: str | None,
-    group_regex: str | None,
-    group_col: str | None,
-    valid_pct: float,
-    seed: int,
-    sample: float,
-) -> DataConfig:
-    return DataConfig(
-        source=source,
-        label_regex=label_regex,
-        group_regex=group_regex,
-        group_col=group_col,
-        valid_pct=valid_pct,
-        seed=seed,
-        sample=sample,
-    )

@@ -72,8 +72,10 @@ def tune_command(
         prune=prune,
         keep_checkpoints=keep_checkpoints,
     )
-    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM ends the trial like Ctrl-C: it is re-run
-    _quiet_optuna()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's SIGTERM ends the trial like Ctrl-C
+    import optuna  # its log lines repeat ours, and it logs an interrupted or failed trial with a traceback
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     on_trial = None if quiet else _print_trial
     if not quiet:
         err_console.print(
@@ -91,17 +93,6 @@ def tune_command(
 
 SHARED = ("epochs", "batch_size", "sample", "valid_pct", "workers", "seed")  # the run options every trial takes
 with_run_options(tune_command, SHARED)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _quiet_optuna() -> None:
-    """Optuna's log lines repeat ours, and it logs an interrupted or failed trial with a traceback: errors only."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def _print_trial(row: dict[str, Any]) -> None:

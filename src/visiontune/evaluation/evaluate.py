@@ -16,8 +16,6 @@ Every file is written atomically; the images come from `selection` (never the tr
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,13 +30,13 @@ from visiontune.data.loader import ImageItems
 from visiontune.data.sources import Sample
 from visiontune.errors import DatasetError
 from visiontune.evaluation import figures, gradcam
-from visiontune.evaluation.ood import ood_metrics, ood_samples, ood_score_values
+from visiontune.evaluation.ood import ood_metrics, ood_samples
 from visiontune.evaluation.report import write_report
 from visiontune.evaluation.selection import SPLIT_CHOICES, Selection, sample_path, select_images
 from visiontune.evaluation.summary import evaluation_metrics, sample_losses, unknown_summary
 from visiontune.io import atomic_write_json, atomic_write_text, json_safe
 from visiontune.predict import Predictor
-from visiontune.runs.folder import RunFolder, find_run
+from visiontune.runs.folder import RunFolder, csv_text, find_run
 
 log = logging.getLogger(__name__)
 
@@ -206,20 +204,12 @@ def _write_misclassified(
     confidence, predicted = probs.max(dim=1)
     wrong = (predicted != scored.targets).nonzero().flatten().tolist()
     wrong.sort(key=lambda row: -float(confidence[row]))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "actual", "predicted", "probability"])
-    for row in wrong:
-        sample = samples[int(scored.indices[row])]
-        writer.writerow(
-            [
-                sample_path(sample),
-                classes[int(scored.targets[row])],
-                classes[int(predicted[row])],
-                f"{float(confidence[row]):.6f}",
-            ]
-        )
-    atomic_write_text(path, buffer.getvalue())
+    columns = (scored.indices[wrong], scored.targets[wrong], predicted[wrong], confidence[wrong])
+    rows = [
+        (sample_path(samples[int(i)]), classes[int(t)], classes[int(p)], f"{float(c):.6f}")
+        for i, t, p, c in zip(*columns, strict=True)
+    ]
+    atomic_write_text(path, csv_text([("path", "actual", "predicted", "probability"), *rows]))
 
 
 def _top_losses(
@@ -276,7 +266,7 @@ def _ood(
     calibration = predictor.calibration
     result = {"folder": str(config.ood), **ood_metrics(scored.logits, unknown.logits, calibration)}
     figures.plot_ood_scores(
-        ood_score_values(scored.logits, calibration), ood_score_values(unknown.logits, calibration),
+        calibration.scores(scored.logits), calibration.scores(unknown.logits),
         score=result["score"], threshold=result["threshold"], path=out_dir / "ood_scores.png",
     )  # fmt: skip
     return result, unknown

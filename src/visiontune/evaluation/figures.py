@@ -59,7 +59,6 @@ def plot_image_grid(
     *,
     wrong: Sequence[bool] | None = None,
     heat: torch.Tensor | None = None,
-    suptitle: str | None = None,
 ) -> None:
     """(N, 3, H, W) images in 0..1 with a title each; `heat` (N, H, W) in 0..1 is overlaid as a heat map."""
     count = len(images)
@@ -75,8 +74,6 @@ def plot_image_grid(
             ax.imshow(_heat_rgba(heat[index]), interpolation="bilinear")
         colour = WRONG if wrong is not None and wrong[index] else RIGHT
         ax.set_title(titles[index], fontsize=8.5, color=colour, loc="left")
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=11, x=0.01, ha="left")
     fig.tight_layout()
     save_png(fig, path)
 

@@ -33,9 +33,9 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, *, num_c
     """
     if len(targets) == 0:
         return dict.fromkeys(SPLIT_METRICS, float("nan"))
-    logits = logits.float()
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # evaluation's float64 stays
     preds = logits.argmax(dim=1)
-    accuracy = float((preds == targets).float().mean())
+    accuracy = float((preds == targets).double().mean())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a class absent from a small valid split is fine here
         balanced = float(balanced_accuracy_score(targets.numpy(), preds.numpy()))

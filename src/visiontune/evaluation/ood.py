@@ -68,10 +68,5 @@ def ood_metrics(known: torch.Tensor, unknown: torch.Tensor, calibration: Calibra
     return result
 
 
-def ood_score_values(logits: torch.Tensor, calibration: Calibration) -> torch.Tensor:
-    """(N,) the bundle's unknown score of each image (for the score histogram)."""
-    return calibration.scores(logits)
-
-
 def _share_flagged(logits: torch.Tensor, calibration: Calibration) -> float:
     return float(calibration.is_unknown(logits).double().mean())

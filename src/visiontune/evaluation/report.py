@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import json
+import operator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,7 @@ RELIABILITY_CAPTION = (
 )
 
 CSS = """
-:root { --ink:#1f2937; --muted:#6b7280; --line:#e5e7eb; --soft:#f8fafc; --accent:#2563eb;
-        --bad:#b42318; --good:#1d6b3a; }
+:root { --ink:#1f2937; --muted:#6b7280; --line:#e5e7eb; --soft:#f8fafc; --accent:#2563eb; }
 * { box-sizing: border-box; }
 body { margin:0; font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
        color:var(--ink); background:#f3f4f6; }
@@ -44,7 +45,7 @@ main { max-width:1180px; margin:0 auto; padding:24px 40px 60px; }
 section { background:#fff; border:1px solid var(--line); border-radius:10px; padding:22px 26px; margin:0 0 22px; }
 h2 { margin:0 0 14px; font-size:19px; font-weight:650; }
 h3 { margin:18px 0 8px; font-size:15px; font-weight:650; }
-p.note, .muted { color:var(--muted); font-size:13.5px; }
+p.note { color:var(--muted); font-size:13.5px; }
 .cards { display:grid; grid-template-columns:repeat(auto-fill,minmax(160px,1fr)); gap:12px; margin-bottom:14px; }
 .card { background:var(--soft); border:1px solid var(--line); border-radius:8px; padding:12px 14px; }
 .card .label { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; font-weight:600; }
@@ -68,8 +69,6 @@ pre { background:#0f172a; color:#e2e8f0; padding:14px 16px; border-radius:8px; o
       font-size:12.5px; line-height:1.45; }
 code { font-family:ui-monospace,SFMono-Regular,Menlo,monospace; font-size:12.5px; background:#f1f5f9;
        padding:1px 4px; border-radius:4px; }
-.pill { display:inline-block; padding:1px 8px; border-radius:999px; font-size:12px; font-weight:600; }
-.pill.bad { background:#fee4e2; color:var(--bad); } .pill.good { background:#dcfce7; color:var(--good); }
 ul.notes { margin:0; padding-left:20px; color:var(--muted); font-size:13.5px; }
 pre.config { column-count:3; column-gap:28px; column-rule:1px solid #334155; }
 @media (max-width: 900px) { pre.config { column-count:1; } }
@@ -341,10 +340,7 @@ def _figure(path: Path, caption: str) -> str:
 
 
 def _lookup(metrics: dict[str, Any], path: list[Any]) -> Any:
-    value: Any = metrics
-    for key in path:
-        value = value[key]
-    return value
+    return functools.reduce(operator.getitem, path, metrics)
 
 
 def _num(metrics: dict[str, Any], path: list[Any], fmt: str) -> str:

@@ -59,7 +59,8 @@ def select_images(
         >>> chosen.split, len(chosen.data.samples)  # doctest: +SKIP
     """
     data = load_data(source, _data_config(source, training, label_regex), check=False, progress=progress)
-    recorded = read_splits(run, training.get("data_root")) if run is not None else None
+    rows = run.relative_splits(training.get("data_root")) if run is not None else None
+    recorded = None if rows is None else {relative: split for relative, _, split in rows}  # relative path: split
     keys = _keys(data, training.get("data_root"))
     if recorded is not None and any(key in recorded for key in keys.values()):
         selection = _from_run(data, keys, recorded, split, training)
@@ -80,12 +81,6 @@ def _data_config(source: str | Path, training: dict[str, Any], label_regex: str 
         base = DataConfig()
     regex = label_regex if label_regex is not None else base.label_regex
     return dataclasses.replace(base, source=str(source), label_regex=regex, valid_pct=0.0, test_pct=0.0, sample=1.0)
-
-
-def read_splits(run: RunFolder, data_root: str | None) -> dict[str, str] | None:
-    """{path relative to the data root: split} from the run's splits.csv; None when the run has none."""
-    rows = run.relative_splits(data_root)
-    return None if rows is None else {relative: split for relative, _, split in rows}
 
 
 def _keys(data: LabelledImages, data_root: str | None) -> dict[Path, str]:

@@ -6,15 +6,15 @@ feature-head bundles, and tests can check it against an independent computation.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix
+from sklearn.metrics import classification_report, confusion_matrix
 
 from visiontune.calibration import Calibration, expected_calibration_error
+from visiontune.evaluation.metrics import classification_metrics
 
 TOP_K = (3, 5)
 
@@ -36,15 +36,15 @@ def evaluation_metrics(
     num_classes, y = len(classes), targets.numpy()
     preds = logits.argmax(dim=1).numpy()
     scaled = logits / temperature
-    result: dict[str, Any] = {"images": len(y), "accuracy": float(np.mean(preds == y))}
-    result["error_rate"] = 1.0 - result["accuracy"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # sklearn warns when a class has no images; reported as 0
-        result["balanced_accuracy"] = float(balanced_accuracy_score(y, preds))
+    split = classification_metrics(logits, targets, num_classes=num_classes)
+    result: dict[str, Any] = {
+        "images": len(y),
+        **{k: split[k] for k in ("accuracy", "error_rate", "balanced_accuracy")},
+    }
     for k in TOP_K:
         if k < num_classes:  # top-k with k >= classes is always 1
             result[f"top_{k}_accuracy"] = top_k_accuracy(logits, targets, k)
-    result["log_loss"] = float(F.cross_entropy(logits, targets))
+    result["log_loss"] = split["loss"]
     result["log_loss_calibrated"] = float(F.cross_entropy(scaled, targets))
     result["temperature"] = float(temperature)
     result["ece_before"] = expected_calibration_error(logits.softmax(dim=1), targets)
@@ -83,13 +83,13 @@ def per_class_report(y: np.ndarray, preds: np.ndarray, classes: list[str]) -> di
     }
 
 
-def most_confused(matrix: np.ndarray, classes: list[str], *, min_count: int = 1) -> list[dict[str, Any]]:
+def most_confused(matrix: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
     """Off-diagonal cells of the confusion matrix, most frequent first (fastai's `most_confused`)."""
     pairs = [
         {"actual": classes[a], "predicted": classes[p], "count": int(matrix[a, p])}
         for a in range(len(classes))
         for p in range(len(classes))
-        if a != p and matrix[a, p] >= min_count
+        if a != p and matrix[a, p] > 0
     ]
     return sorted(pairs, key=lambda row: (-row["count"], row["actual"], row["predicted"]))
 

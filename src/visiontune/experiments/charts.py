@@ -85,8 +85,5 @@ def plot_optuna(kind: str, study: Any, path: Path) -> Path:
 
     with matplotlib.rc_context(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-        if kind == "importance":
-            ax = optuna_plots.plot_param_importances(study)
-        else:
-            ax = optuna_plots.plot_optimization_history(study)
-        return save_png(ax.figure, path)
+        plot = optuna_plots.plot_param_importances if kind == "importance" else optuna_plots.plot_optimization_history
+        return save_png(plot(study).figure, path)

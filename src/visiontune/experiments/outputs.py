@@ -6,8 +6,6 @@ each one's outputs describe the whole study as it stood when that worker finishe
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +15,7 @@ from visiontune.experiments import charts
 from visiontune.experiments.space import PARAMS
 from visiontune.experiments.study import redact, storage_url
 from visiontune.io import atomic_write_json, atomic_write_text
+from visiontune.runs.folder import csv_text
 
 if TYPE_CHECKING:
     from visiontune.experiments.tune import TuneConfig
@@ -35,10 +34,6 @@ def trial_row(trial: Any) -> dict[str, Any]:
     if trial.state.name == "PRUNED" and trial.intermediate_values:
         row["value"] = trial.intermediate_values[max(trial.intermediate_values)]  # its last reported epoch
     return row
-
-
-def trial_rows(study: Any) -> list[dict[str, Any]]:
-    return [trial_row(t) for t in study.get_trials(deepcopy=False)]
 
 
 def best_trial(study: Any) -> dict[str, Any] | None:
@@ -104,11 +99,8 @@ def write_outputs(
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    atomic_write_text(path, buffer.getvalue())
+    cells = (["" if row.get(k) is None else row[k] for k in ROW_FIELDS] for row in rows)
+    atomic_write_text(path, csv_text([ROW_FIELDS, *cells]))
     return path
 
 

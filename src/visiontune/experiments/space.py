@@ -20,6 +20,7 @@ In YAML (`--space FILE`) a range is a mapping and a list is a set of choices:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,10 +150,7 @@ def parse_grid(specs: list[str]) -> dict[str, tuple[Any, ...]]:
 
 def grid_size(grid: dict[str, tuple[Any, ...]]) -> int:
     """How many combinations a grid has (1 for no grid)."""
-    size = 1
-    for values in grid.values():
-        size *= len(values)
-    return size
+    return math.prod(len(values) for values in grid.values())
 
 
 def _grid_value(key: str, text: str) -> Any:

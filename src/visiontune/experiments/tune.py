@@ -33,7 +33,7 @@ from typing import Any
 
 from visiontune.config import RunConfig, check_range, get_monitor
 from visiontune.errors import ConfigError
-from visiontune.experiments.outputs import best_trial, study_monitor, trial_row, trial_rows, write_outputs
+from visiontune.experiments.outputs import best_trial, study_monitor, trial_row, write_outputs
 from visiontune.experiments.space import INT_PARAMS, PARAMS, Range, SearchSpace, apply_params, grid_size, suggest_params
 from visiontune.experiments.study import (
     ERROR,
@@ -86,15 +86,11 @@ class TuneConfig:
         check_range("prune_warmup", self.prune_warmup, 0, 100_000)
         if not self.base.data.source:
             raise ConfigError("tune needs DATA (an image folder or CSV), or a --config whose data.source names one")
-        if self.grid and self.trials > self.grid_size:
+        if self.grid and self.trials > (size := grid_size(self.grid)):
             raise ConfigError(
-                f"--trials {self.trials} is more than the grid's {self.grid_size} combinations; leave --trials out"
+                f"--trials {self.trials} is more than the grid's {size} combinations; leave --trials out"
                 " to run each once"
             )
-
-    @property
-    def grid_size(self) -> int:
-        return grid_size(self.grid)
 
     @property
     def out_dir(self) -> Path:
@@ -172,7 +168,7 @@ def tune(
         ran = _work(config, study, lock, callbacks, on_trial)
     finally:
         lock.close()
-    rows = trial_rows(study)
+    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
     best = best_trial(study)
     files = write_outputs(config, study, rows, best, importance=len(resolved_space(config).searched()) >= 2)
     finished = sum(r["state"] in ("complete", "pruned") for r in rows)
@@ -214,18 +210,15 @@ def _candidates(space: SearchSpace, name: str) -> list[Any]:
     return []
 
 
-def offline_backbones() -> tuple[str, ...]:
-    """The registered pretrained backbones whose weight packages are installed: searchable offline."""
+def resolved_space(config: TuneConfig) -> SearchSpace:
+    """The space with `backbone=()` (the default) turned into the backbones whose weight packages are installed."""
     from visiontune.models import list_backbones
 
-    return tuple(s.name for s in list_backbones() if s.offline_weights is not None and s.offline_weights.installed())
-
-
-def resolved_space(config: TuneConfig) -> SearchSpace:
-    """The space with `backbone=()` (the default) turned into the installed offline backbones."""
     space = config.effective_space()
     if space.backbone == () and not config.grid:
-        space = dataclasses.replace(space, backbone=offline_backbones() or None)
+        specs = list_backbones()
+        offline = tuple(s.name for s in specs if s.offline_weights is not None and s.offline_weights.installed())
+        space = dataclasses.replace(space, backbone=offline or None)
     return space
 
 
@@ -378,10 +371,9 @@ def _run_trial(trial: Any, run_config: RunConfig, callbacks: Sequence[Callback],
     result = train(run_config, callbacks=[*pruning, *callbacks])
     gc.collect()
     value = float(result.metrics[result.monitor.name])
-    epoch_times = _epoch_times(RunFolder(result.run_dir).epochs())
     attrs = {
         "monitor": result.monitor.name,
-        "epoch_s": min(epoch_times) if epoch_times else None,
+        "epoch_s": _fastest_epoch(RunFolder(result.run_dir).epochs()),
         "elapsed_s": result.elapsed_s,
         "best_epoch": result.best_epoch,
         "test_accuracy": result.metrics.get("test_accuracy"),
@@ -393,15 +385,15 @@ def _run_trial(trial: Any, run_config: RunConfig, callbacks: Sequence[Callback],
     return value
 
 
-def _epoch_times(rows: list[dict[str, Any]]) -> list[float]:
-    """Seconds of each all-layers epoch (the frozen ones are cheaper); the fastest is what a trial reports.
+def _fastest_epoch(rows: list[dict[str, Any]]) -> float | None:
+    """Seconds of the fastest all-layers epoch (the frozen ones are cheaper): what a trial reports.
 
     The fastest rather than the mean, as in bench/: on a shared machine the slow epochs measure the
     neighbours, not the input size.
     """
     timed = [r for r in rows if r.get("time_s") is not None]
     unfrozen = [r for r in timed if r.get("phase") != "frozen"] or timed
-    return [float(r["time_s"]) for r in unfrozen]
+    return min((float(r["time_s"]) for r in unfrozen), default=None)
 
 
 def _finish_trial_folder(trial: Any, run_dir: Path, state: str, value: float | None, config: TuneConfig) -> None:

@@ -94,9 +94,6 @@ class FeatureCache:
                 vectors[row] = self._shards[hit[0]][hit[1]]
         return vectors, found
 
-    def __len__(self) -> int:
-        return len(self._load())
-
     def _load(self) -> dict[bytes, tuple[int, int]]:
         if self._index is None:
             self._index, self._shards = {}, []

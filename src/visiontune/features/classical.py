@@ -11,28 +11,13 @@
 
 Every head is scored through its torch form (`visiontune.models.fitted`), the code the bundle runs,
 so the table printed after a run is what predict will do; the tests check each torch form
-against scikit-learn's own `predict_proba`. scikit-learn estimators are not saved: their learned
-arrays go into the bundle's safetensors (no pickle, nothing to trust, no scikit-learn version to
-match at predict time), and `HeadResult.estimator` keeps them for the caller.
+against scikit-learn's own `predict_proba`. The estimators themselves are never saved (their arrays
+are, as buffers: see `visiontune.models.fitted`); `HeadResult.estimator` keeps them for the caller.
 
 `DEFAULT_HEADS` (logreg, knn, linear) were chosen by measuring all six on the Fashion-MNIST subset
-(2,400 x 1,280 features from efficientnet_lite0 at 224 px, 600 validation and 1,000 test images,
-the 2-core CPU; bench/RESULTS.md):
-
-| head   | fit (s) | valid accuracy | test accuracy |
-|--------|--------:|---------------:|--------------:|
-| logreg |    0.19 |          0.888 |         0.880 |
-| rf     |    2.15 |          0.857 |         0.854 |
-| svm    |    2.39 |          0.887 |         0.878 |
-| knn    |    0.02 |          0.835 |         0.844 |
-| linear |    0.28 |          0.895 |         0.882 |
-| mlp    |    1.61 |          0.890 |         0.886 |
-
-svm and mlp score like logreg and linear (on 600 validation images +-1.3 points is noise) at 6-12x
-their fit time; rf is slower and worse; k-NN is weaker here but costs nothing (there is nothing
-to fit), a yardstick for the others. All six take ~6.6 s, which would make a rerun from cached
-features (0.8 s with the defaults) eight times slower: name them with `heads=` / `--heads` when
-they are worth it.
+(bench/RESULTS.md, "features"): svm and mlp score like logreg and linear at 6-12x their
+fit time, rf is slower and worse, and k-NN costs nothing to fit (a yardstick for the others).
+Name the others with `heads=` / `--heads` when they are worth it.
 
 SVC's own `probability=True` (Platt scaling per pair, pairwise coupling) is deprecated in
 scikit-learn 1.9 in favour of `CalibratedClassifierCV(SVC(), ensemble=False)`; temperature
@@ -42,6 +27,7 @@ one-line torch form.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -77,7 +63,7 @@ class HeadResult:
     head: FittedHead
     fit_s: float
     valid: dict[str, float] = field(default_factory=dict)  # loss, accuracy, balanced_accuracy, error_rate, macro_f1
-    estimator: Any = None  # the scikit-learn estimator, for the caller (never saved)
+    estimator: Any = None  # the scikit-learn estimator (never saved), fitted on `head.prepare(features)`
 
     def row(self) -> dict[str, Any]:
         """A flat row for heads.csv and the CLI's table."""
@@ -125,7 +111,10 @@ def fit_heads(
 def fit_head(
     name: str, x: np.ndarray, y: np.ndarray, *, num_classes: int, seed: int = 42, n_jobs: int | None = None
 ) -> tuple[FittedHead, Any]:
-    """(torch form, scikit-learn estimator or None) of one head fitted on (x, y)."""
+    """(torch form, scikit-learn estimator or None) of one head fitted on (x, y).
+
+    The estimator takes features as the torch form prepares them: `estimator.predict(head.prepare(x))`.
+    """
     check_choice("heads", name, HEADS)
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
@@ -138,12 +127,8 @@ def fit_head(
 def single_threaded() -> Iterator[None]:
     """One BLAS / OpenMP / torch thread inside; parallel heads use their own n_jobs workers instead.
 
-    These are small problems (2,400 x 1,280 features: one lbfgs step is ~30 M multiply-adds),
-    where threads mostly wait for each other, and on a busy machine spin against its other work:
-    on the 2-core CPU while another training ran, logistic regression took 34.8 s with 2 threads
-    and 0.5 s with 1, the linear probe 21.0 s and 0.35 s. Random forests, k-NN and the SVM's
-    calibration folds still use every core, through joblib (scikit-learn's advice against
-    oversubscription).
+    On these small problems threads mostly wait for each other, and on a busy machine spin against
+    its other work (measured in bench/RESULTS.md: 34.8 s with 2 threads, 0.5 s with 1).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -177,11 +162,7 @@ def best_head(results: Sequence[HeadResult], monitor: Monitor | None = None) -> 
     """The head with the best validation `monitor` (valid_accuracy by default); ties go to the one listed first."""
     monitor = monitor or get_monitor("valid_accuracy")
     key = monitor.name.removeprefix("valid_")
-    best = results[0]
-    for result in results[1:]:
-        if monitor.better(result.valid[key], best.valid[key]):
-            best = result
-    return best
+    return functools.reduce(lambda best, r: r if monitor.better(r.valid[key], best.valid[key]) else best, results)
 
 
 def _check_labels(y: np.ndarray, num_classes: int) -> None:
@@ -196,10 +177,8 @@ def _check_labels(y: np.ndarray, num_classes: int) -> None:
 def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scaled x, center (D,), scale (D,)): each feature centred, all divided by one global standard deviation.
 
-    One scale rather than StandardScaler's one per feature: pooled features are not independent
-    measurements, and per-feature scaling blows near-constant channels up to unit variance (on 32 px
-    images a torch linear probe then reached validation losses in the thousands). Measured on the
-    Fashion-MNIST subset, the global scale was as good for logreg and 1.5 points better for the SVM.
+    One scale rather than StandardScaler's one per feature: per-feature scaling blows near-constant
+    channels up to unit variance (torch heads diverged on 32 px images; bench/RESULTS.md).
     """
     center = x.mean(axis=0, dtype=np.float64)
     spread = float(np.std(x, dtype=np.float64)) or 1.0
@@ -225,7 +204,7 @@ def _logreg(x: np.ndarray, y: np.ndarray, k: int, seed: int, n_jobs: int) -> tup
     with torch.no_grad():
         head.fc.weight.copy_(torch.as_tensor(coef, dtype=torch.float32))
         head.fc.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-    return head, _Scaled(estimator, mean, scale)
+    return head, estimator
 
 
 def _knn(x: np.ndarray, y: np.ndarray, k: int, seed: int, n_jobs: int) -> tuple[FittedHead, Any]:
@@ -237,7 +216,7 @@ def _knn(x: np.ndarray, y: np.ndarray, k: int, seed: int, n_jobs: int) -> tuple[
     estimator.fit(unit.numpy(), y)
     head.train_x.copy_(unit)
     head.train_y.copy_(torch.as_tensor(y))
-    return head, _Unit(estimator)
+    return head, estimator
 
 
 def _rf(x: np.ndarray, y: np.ndarray, k: int, seed: int, n_jobs: int) -> tuple[FittedHead, Any]:
@@ -311,7 +290,7 @@ def _svm(x: np.ndarray, y: np.ndarray, k: int, seed: int, n_jobs: int) -> tuple[
     head.intercept.copy_(torch.as_tensor(fitted.intercept_, dtype=torch.float32))
     head.gamma.fill_(gamma)
     head.beta.fill_(beta)
-    return head, _Scaled(estimator, mean, scale)
+    return head, estimator
 
 
 def _pair_coefficients(svc: Any, k: int) -> np.ndarray:
@@ -332,32 +311,6 @@ def _pair_coefficients(svc: Any, k: int) -> np.ndarray:
             coef[p, si], coef[p, sj] = dual[j - 1, si], dual[i, sj]
             p += 1
     return coef
-
-
-class _Scaled:
-    """An estimator fitted on standardised features, taking raw ones (the torch form's input)."""
-
-    def __init__(self, estimator: Any, mean: np.ndarray, scale: np.ndarray) -> None:
-        self.estimator, self.mean, self.scale = estimator, mean, scale
-
-    def _x(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.scale).astype(np.float32)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.estimator.predict(self._x(x))
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return self.estimator.predict_proba(self._x(x))
-
-
-class _Unit(_Scaled):
-    """An estimator fitted on unit-length features."""
-
-    def __init__(self, estimator: Any) -> None:
-        self.estimator = estimator
-
-    def _x(self, x: np.ndarray) -> np.ndarray:
-        return F.normalize(torch.as_tensor(np.asarray(x, dtype=np.float32)), dim=1).numpy()
 
 
 # ---- torch heads --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ Larger machines and GPUs get worker processes, as `DataModule` gives them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -131,16 +132,13 @@ def extract_features(
     todo = [h for h in unique if h not in vectors]
     repeats = Counter(hashes)
 
-    def forward(images: torch.Tensor) -> torch.Tensor:
-        return embed(model, images, pool=pool, tta=tta)
-
     def done(content_hash: str) -> None:
         if progress:
             progress(repeats[content_hash])
 
     dataset = _view_dataset([first_path[h] for h in todo], todo, model, view, max_pixels)
     loader = runner.loader(dataset, batch_size=batch_size, num_workers=num_workers)
-    fresh = _embed_files(runner, loader, todo, forward, store, done)
+    fresh = _embed_files(runner, loader, todo, functools.partial(embed, model, pool=pool, tta=tta), store, done)
     vectors.update(fresh)
     missing = [p for p, h in zip(paths, hashes, strict=True) if h not in vectors]
     if missing:

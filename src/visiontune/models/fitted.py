@@ -37,6 +37,7 @@ class FittedHead(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+    settings: ClassVar[tuple[str, ...]] = ("l2",)  # the constructor's arguments besides the shapes, for config()
 
     def __init__(self, in_features: int, num_classes: int, *, l2: bool = False) -> None:
         super().__init__()
@@ -63,7 +64,8 @@ class FittedHead(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """JSON-friendly kind and shapes: `fitted_head(config)` builds an empty twin for `load_state_dict`."""
-        return {"kind": self.kind, "in_features": self.in_features, "num_classes": self.num_classes, "l2": self.l2}
+        shapes = {"kind": self.kind, "in_features": self.in_features, "num_classes": self.num_classes}
+        return {**shapes, **{name: getattr(self, name) for name in self.settings}}
 
 
 class LinearHead(FittedHead):
@@ -83,6 +85,7 @@ class MLPHead(FittedHead):
     """One ReLU hidden layer with dropout, trained in torch on standardised features."""
 
     kind = "mlp"
+    settings = ("l2", "hidden", "dropout")
 
     def __init__(
         self, in_features: int, num_classes: int, *, hidden: int = 512, dropout: float = 0.5, l2: bool = False
@@ -99,9 +102,6 @@ class MLPHead(FittedHead):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "hidden": self.hidden, "dropout": self.dropout}
-
 
 class KNNHead(FittedHead):
     """k nearest training vectors by cosine distance (unit vectors, Euclidean), weighted by 1 / distance.
@@ -110,13 +110,14 @@ class KNNHead(FittedHead):
     """
 
     kind = "knn"
+    settings = ("num_train", "k", "weights")  # always cosine: no l2
 
     def __init__(
         self, in_features: int, num_classes: int, *, num_train: int, k: int = 10, weights: str = "distance"
     ) -> None:
         super().__init__(in_features, num_classes, l2=True)
-        if weights not in ("uniform", "distance"):
-            raise ModelError(f"k-NN weights must be 'uniform' or 'distance'. Received: weights={weights!r}")
+        if weights != "distance":  # stored in bundles for a later "uniform"; the fitter only makes this one
+            raise ModelError(f"k-NN weights must be 'distance'. Received: weights={weights!r}")
         self.num_train, self.k, self.weights = int(num_train), min(int(k), int(num_train)), weights
         self.register_buffer("train_x", torch.zeros(self.num_train, self.in_features))  # (N, D), unit rows
         self.register_buffer("train_y", torch.zeros(self.num_train, dtype=torch.int64))  # (N,)
@@ -126,18 +127,10 @@ class KNNHead(FittedHead):
         squared = (2.0 - 2.0 * x @ self.train_x.T).clamp_min(0.0)  # (B, N)
         nearest, index = squared.topk(self.k, dim=1, largest=False)  # (B, k)
         distance = nearest.sqrt()
-        if self.weights == "uniform":
-            weight = torch.ones_like(distance)
-        else:
-            exact = distance == 0
-            weight = torch.where(exact.any(dim=1, keepdim=True), exact.float(), 1.0 / distance.clamp_min(1e-12))
+        exact = distance == 0
+        weight = torch.where(exact.any(dim=1, keepdim=True), exact.float(), 1.0 / distance.clamp_min(1e-12))
         votes = torch.zeros(x.shape[0], self.num_classes, device=x.device).scatter_add_(1, self.train_y[index], weight)
         return (votes / votes.sum(dim=1, keepdim=True)).clamp_min(PROBA_FLOOR).log()
-
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        del cfg["l2"]  # always cosine
-        return {**cfg, "num_train": self.num_train, "k": self.k, "weights": self.weights}
 
 
 class ForestHead(FittedHead):
@@ -148,6 +141,7 @@ class ForestHead(FittedHead):
     """
 
     kind = "forest"
+    settings = ("num_trees", "num_nodes", "depth")
 
     def __init__(self, in_features: int, num_classes: int, *, num_trees: int, num_nodes: int, depth: int) -> None:
         super().__init__(in_features, num_classes)
@@ -168,11 +162,6 @@ class ForestHead(FittedHead):
         proba = self.value[node].mean(dim=1)  # (B, T, K) -> (B, K)
         return proba.clamp_min(PROBA_FLOOR).log()
 
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        del cfg["l2"]
-        return {**cfg, "num_trees": self.num_trees, "num_nodes": self.num_nodes, "depth": self.depth}
-
 
 class SVMHead(FittedHead):
     """An RBF-kernel SVM (one-vs-one, as libsvm trains it), temperature-scaled into probabilities.
@@ -184,6 +173,7 @@ class SVMHead(FittedHead):
     """
 
     kind = "svm"
+    settings = ("num_support",)
 
     def __init__(self, in_features: int, num_classes: int, *, num_support: int) -> None:
         super().__init__(in_features, num_classes)
@@ -210,11 +200,6 @@ class SVMHead(FittedHead):
         votes = wins.float() @ self.first + (~wins).float() @ self.second  # (B, K)
         confidence = decision @ (self.first - self.second)
         return (votes + confidence / (3.0 * (confidence.abs() + 1.0))) * self.beta
-
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        del cfg["l2"]
-        return {**cfg, "num_support": self.num_support}
 
 
 FITTED_HEADS: dict[str, type[FittedHead]] = {

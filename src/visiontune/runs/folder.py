@@ -66,12 +66,6 @@ class RunFolder:
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RunFolder) and other.path == self.path
-
-    def __hash__(self) -> int:
-        return hash(self.path)
-
     # ---- layout ---------------------------------------------------------------------------------
     def file(self, name: str) -> Path:
         """The path of one of the names above (e.g. `run.file(HISTORY)`)."""
@@ -92,12 +86,6 @@ class RunFolder:
     def checkpoint(self, which: str) -> Path:
         """checkpoints/last.safetensors or best.safetensors."""
         return self.checkpoints_dir / f"{which}.safetensors"
-
-    def is_run(self) -> bool:
-        """A folder `train` (or a tune trial) wrote: it has a config.yaml and its bundle or run.json."""
-        return self.file(CONFIG).is_file() and (
-            self.file(INFO).is_file() or (self.bundle_dir / "bundle.json").is_file()
-        )
 
     # ---- create, lock, claim --------------------------------------------------------------------
     def check_target(self, *, overwrite: bool | None = None) -> None:
@@ -189,17 +177,17 @@ class RunFolder:
 
     def write_splits(self, rows: Sequence[tuple[str, str, str]]) -> None:
         """(path, label, split) of every image."""
-        atomic_write_text(self.file(SPLITS), _csv([("path", "label", "split"), *rows]))
+        atomic_write_text(self.file(SPLITS), csv_text([("path", "label", "split"), *rows]))
 
     def write_epochs(self, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
         """metrics.csv and metrics.jsonl, one row per epoch so far."""
         body = [fields, *([_fmt(row.get(k)) for k in fields] for row in rows)]
-        atomic_write_text(self.file(METRICS_CSV), _csv(body))
+        atomic_write_text(self.file(METRICS_CSV), csv_text(body))
         atomic_write_text(self.file(METRICS_JSONL), "".join(json.dumps(r) + "\n" for r in rows))
 
     def write_heads(self, rows: Sequence[dict[str, Any]]) -> None:
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        atomic_write_text(self.file(HEADS), _csv([columns, *([r.get(c, "") for c in columns] for r in rows)]))
+        atomic_write_text(self.file(HEADS), csv_text([columns, *([r.get(c, "") for c in columns] for r in rows)]))
 
     def write_results(self, results: dict[str, Any]) -> None:
         atomic_write_json(self.file(RESULTS), results)
@@ -261,14 +249,13 @@ class RunFolder:
     ) -> list[tuple[Path | None, str]] | None:
         """(file or None when it is gone, label) of each image of `split`: under `data` in place of the
         recorded `data_root` when given, else where training read it. None without a splits.csv."""
-        rows = self.relative_splits(data_root)
-        if rows is None:
+        if not self.file(SPLITS).is_file():
             return None
-        recorded = [Path(path) for path, _, s in self.splits() if s == split]
         found = []
-        for (relative, label, _), original in zip([r for r in rows if r[2] == split], recorded, strict=True):
-            candidate = data / relative if data is not None else original
-            found.append((candidate if candidate.is_file() else None, label))
+        for path, label, name in self.splits():
+            if name == split:
+                candidate = data / relative_posix(path, data_root) if data is not None else Path(path)
+                found.append((candidate if candidate.is_file() else None, label))
         return found
 
 
@@ -304,7 +291,8 @@ def _json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _csv(rows: Sequence[Sequence[Any]]) -> str:
+def csv_text(rows: Sequence[Sequence[Any]]) -> str:
+    """Rows as CSV text, for the atomic writers (run files, misclassified.csv, trials.csv)."""
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)
     return buffer.getvalue()

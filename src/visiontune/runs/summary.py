@@ -8,6 +8,7 @@ row; a folder whose files can't be read is skipped with a warning rather than hi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ SORT_KEYS = ("date", "name", "data", "method", "backbone", "size", "epochs", "va
 class RunSummary:
     """One run folder, as the `runs` table shows it."""
 
-    path: Path
     name: str  # the folder relative to the listed root
+    path: Path
     date: datetime | None
     data: str
     method: str
@@ -55,22 +56,11 @@ class RunSummary:
         return f"{self.freeze_epochs}+{self.epochs}" if self.freeze_epochs else str(self.epochs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "date": self.date.isoformat(timespec="seconds") if self.date else None,
-            "data": self.data,
-            "method": self.method,
-            "backbone": self.backbone,
-            "image_size": self.image_size,
-            "epochs": self.epochs_label,
-            "monitor": self.monitor,
-            "valid": self.valid,
-            "test": self.test,
-            "time_s": self.time_s,
-            "status": self.status,
-            "trial": self.trial,
-        }
+        """The `--json` row: every field, the path as text, the date in ISO form and epochs as the table shows them."""
+        row = dataclasses.asdict(self)
+        del row["freeze_epochs"]
+        date = self.date.isoformat(timespec="seconds") if self.date else None
+        return {**row, "path": str(self.path), "date": date, "epochs": self.epochs_label}
 
 
 def find_runs(root: str | Path) -> list[RunSummary]:
@@ -188,17 +178,9 @@ def sort_runs(runs: list[RunSummary], key: str = "date", *, reverse: bool = Fals
             return run.valid if get_monitor(run.monitor).mode == "min" else -run.valid  # best first
         if key == "test":
             return None if run.test is None else -run.test
-        return {
-            "date": run.date,
-            "name": run.name,
-            "data": run.data,
-            "method": run.method,
-            "backbone": run.backbone,
-            "size": run.image_size,
-            "epochs": None if run.epochs is None else (run.freeze_epochs or 0) + run.epochs,
-            "time": run.time_s,
-            "status": run.status,
-        }[key]
+        if key == "epochs":
+            return None if run.epochs is None else (run.freeze_epochs or 0) + run.epochs
+        return getattr(run, {"size": "image_size", "time": "time_s"}.get(key, key))
 
     present = sorted((r for r in runs if value(r) is not None), key=value, reverse=reverse)
     return present + [r for r in runs if value(r) is None]

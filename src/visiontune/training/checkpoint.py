@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from visiontune.errors import OutputError, VisiontuneError
@@ -85,9 +85,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: no checkpoint here; is this a visiontune run folder?")
     try:
         tensors = load_file(str(path))
-        with open(path, "rb") as handle:
-            header_len = int.from_bytes(handle.read(8), "little")
-            meta = json.loads(handle.read(header_len)).get("__metadata__", {})
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint ({exc}); delete it to restart from scratch") from exc
     if meta.get("format") != FORMAT:
@@ -141,9 +140,6 @@ def _unflatten(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Checkp
     if "rng.numpy" in tensors:
         name, *rest = rng["numpy"]
         rng["numpy"] = (name, tensors["rng.numpy"], *rest)
-    if "python" in rng:
-        version, internal, gauss = rng["python"]
-        rng["python"] = (version, internal, gauss)
     ckpt.rng = rng
     return ckpt
 

@@ -78,13 +78,9 @@ def _best(trainer: Trainer, p: Prepared, *, elapsed_before: float) -> Fitted:
     trainer.raw_model.load_state_dict(ckpt.model)
     if trainer.ema is not None and ckpt.ema:
         trainer.ema.load_state_dict(ckpt.ema)
-
-    def logits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return trainer.predict(split)[:2]
-
     return Fitted(
         trainer.raw_model,
-        logits,
+        trainer.predict,
         best_epoch=ckpt.state.get("epoch"),
         weights=trainer.ema_weights,
         elapsed_before=elapsed_before,
@@ -117,9 +113,11 @@ def _callbacks(p: Prepared, extra: list[Callback]) -> list[Callback]:
 
 def _find_lr(trainer: Trainer, p: Prepared) -> FinetuneConfig:
     """Run the range test, plot it, and record the suggestion in config.yaml as the lr that ran."""
+    from visiontune.plots import plot_lr_find  # matplotlib only when the range test runs
+
     result = trainer.lr_find()
     if trainer.is_main:
-        result.plot(str(p.run.file("lr_find.png")))
+        plot_lr_find(result, p.run.file("lr_find.png"))
     log.info("lr_find suggests %.2e", result.suggestion)
     cfg = dataclasses.replace(p.config.finetune, lr=float(f"{result.suggestion:.3g}"))
     p.config = dataclasses.replace(p.config, finetune=cfg)

@@ -60,11 +60,6 @@ class LRFinderResult:
     losses: list[float]
     suggestion: float
 
-    def plot(self, path: str) -> None:
-        from visiontune.plots import plot_lr_find
-
-        plot_lr_find(self, path)
-
 
 def suggest_lr(lrs: list[float], losses: list[float]) -> float:
     """Steepest negative slope of loss against log(lr), before the loss blows up.

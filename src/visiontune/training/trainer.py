@@ -251,8 +251,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- evaluation
     @torch.inference_mode()
-    def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits (N, C) fp32, targets (N,), sample indices (N,)) of a split, gathered from all ranks."""
+    def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, C) fp32, targets (N,)) of a split's images that decoded, gathered from all ranks."""
         loader = self.datamodule.eval_dataloader(
             split, rank=self.accelerator.process_index, world_size=self.accelerator.num_processes
         )
@@ -267,19 +267,16 @@ class Trainer:
             parts = gather_object(parts)
         scored = Scored.gather([p[0] for p in parts], [p[1] for p in parts], [])
         if len(scored.indices) == 0:
-            empty = torch.empty(0, dtype=torch.long)
-            return torch.empty(0, len(self.datamodule.classes)), empty, empty
-        targets = torch.as_tensor(loader.dataset.targets)[scored.indices]
-        return scored.outputs, targets, scored.indices
+            return torch.empty(0, len(self.datamodule.classes)), torch.empty(0, dtype=torch.long)
+        return scored.outputs, torch.as_tensor(loader.dataset.targets)[scored.indices]
 
     def evaluate(self, split: str) -> dict[str, float]:
         """The split's metrics, named with the split (`valid_loss`, `valid_accuracy`, ...)."""
-        logits, targets, _ = self.predict(split)
+        logits, targets = self.predict(split)
         metrics = classification_metrics(logits, targets, num_classes=len(self.datamodule.classes))
         return {f"{split}_{name}": value for name, value in metrics.items()}
 
     def ema_weights(self) -> Any:
-
         return self.ema.applied(self.raw_model) if self.ema is not None else nullcontext()
 
     # ------------------------------------------------------------------------------ lr finder
