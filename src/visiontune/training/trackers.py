@@ -50,7 +50,8 @@ class Tracking:
         self.trackers = make_trackers(config, main=main)
 
     def hooks(self, hooks: Hooks) -> Hooks:
-        return dataclasses.replace(hooks, callbacks=[*hooks.callbacks, *self.trackers])
+        """Trackers before the caller's callbacks: an epoch a callback stops at (a pruned trial's) is logged."""
+        return dataclasses.replace(hooks, callbacks=[*self.trackers, *hooks.callbacks])
 
     def remember(self, fitted: Fitted) -> Fitted:
         """`fitted` with its logits kept: `finish` computes valid's, the figures read them again."""
