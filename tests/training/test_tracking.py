@@ -6,6 +6,9 @@ is the fast test; the features method, `tune`'s nested runs and `--resume` are s
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -193,3 +196,26 @@ def test_a_resumed_run_continues_its_mlflow_run_without_doubled_epochs(data: Pat
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "valid_accuracy"))
     assert steps[-1] == 3 and set(steps) == {1, 2, 3}
     assert [e.step for e in tensorboard_events(result.run_dir).Scalars("valid_accuracy")] == [1, 2, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="needs torchrun")
+def test_under_torchrun_only_the_main_process_logs(data: Path, tmp_path: Path) -> None:
+    from tests.experiments.test_postgres import REPO, free_port
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": uri}
+    command = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        "-m", "visiontune", "train", str(data / "train"), "--model", "small_cnn", "--image-size", "28",
+        "--method", "scratch", "--epochs", "1", "--freeze-epochs", "1", "--batch-size", "8", "--workers", "0",
+        "--out", str(tmp_path / "run"), "--trackers", "tensorboard,mlflow", "--mlflow-experiment", "fashion", "--quiet",
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "run" / "tensorboard").iterdir())) == 1  # one event file: one writer
+    assert [e.step for e in tensorboard_events(tmp_path / "run").Scalars("valid_loss")] == [1, 2]
+    client = mlflow.MlflowClient(uri)
+    run = only_run(client)  # one run, not one per process
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")) == [1, 2]
