@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,8 +19,10 @@ from visiontune.cli.main import app
 
 mlflow = pytest.importorskip("mlflow")
 pd = pytest.importorskip("pandas")
+SERVE_START_S = 240
 
 
+@pytest.mark.slow
 def test_the_registered_model_predicts_the_labels_and_probabilities_of_visiontune_predict(
     finetuned_run: Path, trained_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -51,3 +60,51 @@ def test_the_registered_model_predicts_the_labels_and_probabilities_of_visiontun
     broken = model.predict(pd.DataFrame({"image": [b"not an image", images[0].read_bytes()]}), params={"topk": 2})
     assert broken.loc[0, "error"] and broken.loc[0, "label"] == ""  # one bad image: an error row, not an exception
     assert len(broken.loc[1, "labels"]) == 2
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_base64_images_as_predict_does(
+    finetuned_run: Path, trained_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.experiments.test_postgres import free_port
+    from visiontune.export.mlflow_model import export_mlflow
+    from visiontune.predict import load
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exported = export_mlflow(finetuned_run, uri=uri, experiment="serve")
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", exported.model_uri, "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where the server finds the model
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # its uvicorn
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        image = sorted((trained_data / "test" / "sneaker").glob("*.png"))[0]
+        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(image.read_bytes()).decode()]]}}
+        answer = _post_when_up(f"http://127.0.0.1:{port}/invocations", body, server, tmp_path / "serve.log")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    (row,) = answer["predictions"]
+    expected = load(finetuned_run).predict([image])[0]
+    assert row["label"] == expected.label and row["probabilities"] == pytest.approx(
+        [p["probability"] for p in expected.predictions], abs=1e-6
+    )
+
+
+def _post_when_up(url: str, body: dict, server: subprocess.Popen[bytes], log: Path) -> dict:
+    data = json.dumps(body).encode()
+    deadline = time.monotonic() + SERVE_START_S
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"mlflow models serve exited:\n{log.read_text()[-3000:]}"
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:  # up, but refusing: say why
+            pytest.fail(f"{error}: {error.read().decode()[:2000]}")
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"mlflow models serve not answering after {SERVE_START_S} s:\n{log.read_text()[-3000:]}")
