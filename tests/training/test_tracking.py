@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import write_class_folders
 from visiontune.config import DataConfig, FeaturesConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig
-from visiontune.errors import ConfigError
+from visiontune.errors import ConfigError, MissingPackageError
 from visiontune.training.pipeline import train
 
 mlflow = pytest.importorskip("mlflow")
@@ -115,10 +115,21 @@ def test_a_missing_library_is_one_line_naming_the_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if it were not installed
     with pytest.raises(
-        ConfigError, match=r"^--log mlflow needs the mlflow package: pip install 'visiontune\[mlflow\]'"
+        MissingPackageError, match=r"^--log mlflow needs the mlflow package: pip install 'visiontune\[mlflow\]'"
     ):
         train(tracked(data, tmp_path / "run", "sqlite:///x.db", log="mlflow"))
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_an_unreachable_store_is_one_line_without_its_password_before_the_run_folder_is_made(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(ConfigError, match=r"^MLflow at http://ann:\*\*\*@127\.0\.0\.1:9/: .*--mlflow-uri") as caught:
+        train(tracked(data, tmp_path / "run", "http://ann:secret@127.0.0.1:9/", log="mlflow"))
+    assert "secret" not in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_log_names_are_checked_and_none_means_no_tracker() -> None:

@@ -30,7 +30,7 @@ from visiontune.bundle import read_meta, resolve_bundle_path
 from visiontune.data.images import open_image
 from visiontune.runs.folder import RunFolder
 from visiontune.system import library_versions
-from visiontune.training.mlflow_log import experiment_id, mlflow_client
+from visiontune.training.mlflow_log import experiment_id, mlflow_client, store_errors
 from visiontune.version import __version__
 
 log = logging.getLogger(__name__)
@@ -108,25 +108,30 @@ def export_mlflow(
     meta = read_meta(bundle)
     client = mlflow_client(uri)
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_tracking_uri(client.tracking_uri)  # log_model works on the active run of the fluent API
     try:
-        run_id, experiment = _target_run(client, bundle, experiment)
-        example = pd.DataFrame({"image": _example_images(bundle, meta)})
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
-                python_model=str(ENTRY),
-                artifacts={ARTIFACT: str(bundle)},
-                input_example=(example, DEFAULT_PARAMS),
-                signature=_signature(example),
-                pip_requirements=_requirements(),
-                registered_model_name=register,
-                metadata={"visiontune_classes": list(meta.classes), "visiontune_arch": meta.arch.get("backbone")},
-            )
+        with store_errors(client):
+            run_id, experiment = _target_run(client, bundle, experiment)
+            info = _log_model(run_id, bundle, meta, register)
     finally:
         mlflow.set_tracking_uri(previous)
     version = str(info.registered_model_version) if register and info.registered_model_version else None
     return MLflowExport(info.model_uri, run_id, experiment, register, version)
+
+
+def _log_model(run_id: str, bundle: Path, meta: Any, register: str | None) -> Any:
+    example = pd.DataFrame({"image": _example_images(bundle, meta)})
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(ENTRY),
+            artifacts={ARTIFACT: str(bundle)},
+            input_example=(example, DEFAULT_PARAMS),
+            signature=_signature(example),
+            pip_requirements=_requirements(),
+            registered_model_name=register,
+            metadata={"visiontune_classes": list(meta.classes), "visiontune_arch": meta.arch.get("backbone")},
+        )
 
 
 def _target_run(client: Any, bundle: Path, experiment: str | None) -> tuple[str, str]:

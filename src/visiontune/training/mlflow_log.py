@@ -16,6 +16,7 @@ so `train --resume` continues the same MLflow run. Everything goes through an `M
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visiontune.config import RunConfig
+from visiontune.errors import ConfigError
 from visiontune.runs.folder import BUNDLE, HISTORY, LR_FIND, RunFolder
 from visiontune.training.tracking import RunEnd, Tracker, flat_params, require
 
@@ -41,6 +43,19 @@ def mlflow_client(uri: str | None) -> Any:
     """An MlflowClient on `uri`, else on MLFLOW_TRACKING_URI, else on MLflow's default store."""
     mlflow = require("mlflow")
     return mlflow.MlflowClient(tracking_uri=uri or mlflow.get_tracking_uri())
+
+
+@contextmanager
+def store_errors(client: Any) -> Iterator[None]:
+    """MLflow's errors (a store that can't be reached or opened) as one line naming the URI and the options."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        reason = (str(exc).strip().splitlines() or ["failed"])[0][:300]
+        message = f"MLflow at {client.tracking_uri}: {reason} (check --mlflow-uri or MLFLOW_TRACKING_URI)"
+        raise ConfigError(re.sub(r"//([^:/@\s]+):[^@/\s]+@", r"//\1:***@", message)) from None  # no password
 
 
 def experiment_id(client: Any, name: str) -> str:
@@ -100,15 +115,16 @@ def study_run(config: RunConfig, study: str) -> Iterator[StudyRun | None]:
         yield None
         return
     client = mlflow_client(config.train.mlflow_uri)
-    experiment = experiment_id(client, experiment_name(config))
-    query = f"tags.`visiontune.study` = '{study}' and tags.`visiontune.kind` = 'study'"
-    found = client.search_runs([experiment], filter_string=query, max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-    else:
-        tags = {"mlflow.runName": study, "visiontune.study": study, "visiontune.kind": "study"}
-        run_id = client.create_run(experiment, tags=tags).info.run_id
+    with store_errors(client):
+        experiment = experiment_id(client, experiment_name(config))
+        query = f"tags.`visiontune.study` = '{study}' and tags.`visiontune.kind` = 'study'"
+        found = client.search_runs([experiment], filter_string=query, max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+        else:
+            tags = {"mlflow.runName": study, "visiontune.study": study, "visiontune.kind": "study"}
+            run_id = client.create_run(experiment, tags=tags).info.run_id
     parent = StudyRun(client, run_id, experiment)
     token = _STUDY.set(parent)
     try:
@@ -140,30 +156,30 @@ def _status(error: BaseException) -> str:
 class MLflowLogger(Tracker):
     """One MLflow run per training run (continued on resume), logged through an MlflowClient."""
 
-    def __init__(self, uri: str | None, experiment: str | None) -> None:
-        self.uri, self.experiment = uri, experiment
-        self.client: Any = None
-        self.run_id = self._experiment_id = ""
+    def __init__(self, config: RunConfig) -> None:
+        """Connects to the store and finds (or makes) the experiment: a bad URI fails before the run folder is made."""
+        self.client = mlflow_client(config.train.mlflow_uri)
+        study = _STUDY.get()
+        with store_errors(self.client):
+            self._experiment_id = study.experiment_id if study else experiment_id(self.client, experiment_name(config))
+        self.run_id = ""
 
     def start(self, p: Prepared) -> None:
-        self.client = mlflow_client(self.uri)
         recorded = p.run.info().get("mlflow", {}) if p.resume else {}
-        if recorded.get("run_id") and self._exists(recorded["run_id"]):
-            self.run_id = recorded["run_id"]
-            self.client.update_run(self.run_id, status="RUNNING")
-        else:
-            self.run_id = self._create(p)
-            p.run.update_info({"mlflow": {"run_id": self.run_id, "experiment_id": self._experiment_id}})
-        self._log(params=_known(flat_params(p.config)), tags=run_tags(p.run))
+        with store_errors(self.client):
+            if recorded.get("run_id") and self._exists(recorded["run_id"]):
+                self.run_id = recorded["run_id"]
+                self.client.update_run(self.run_id, status="RUNNING")
+            else:
+                self.run_id = self._create(p)
+                p.run.update_info({"mlflow": {"run_id": self.run_id, "experiment_id": self._experiment_id}})
+            self._log(params=_known(flat_params(p.config)), tags=run_tags(p.run))
 
     def _create(self, p: Prepared) -> str:
         study = _STUDY.get()
         tags = {"mlflow.runName": p.run.path.name, "visiontune.kind": "run"}
         if study is not None:
-            self._experiment_id = study.experiment_id
             tags |= {PARENT_TAG: study.run_id, **study.next_tags}
-        else:
-            self._experiment_id = experiment_id(self.client, self.experiment or experiment_name(p.config))
         run_id = self.client.create_run(self._experiment_id, tags=tags).info.run_id
         if study is not None:
             study.children.append(run_id)

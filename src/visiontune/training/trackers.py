@@ -39,7 +39,7 @@ def make_trackers(config: RunConfig, *, main: bool) -> list[Tracker]:
         if name == "tensorboard":
             chosen.append(TensorBoardLogger())
         else:
-            chosen.append(MLflowLogger(config.train.mlflow_uri, config.train.mlflow_experiment))
+            chosen.append(MLflowLogger(config))
     return chosen
 
 

@@ -22,7 +22,7 @@ import torch
 
 from visiontune.config import RunConfig
 from visiontune.data.images import open_image
-from visiontune.errors import ConfigError
+from visiontune.errors import MissingPackageError
 from visiontune.evaluation.figures import plot_confusion_matrix, plot_image_grid
 from visiontune.training.events import Callback
 from visiontune.training.fitting import Fitted, Prepared
@@ -36,12 +36,12 @@ THUMBNAIL = 96
 
 
 def require(name: str) -> ModuleType:
-    """The tracker's library, or a one-line ConfigError saying what to install."""
+    """The tracker's library, or a one-line MissingPackageError saying what to install."""
     package = EXTRAS[name]
     try:
         return importlib.import_module(package)
     except ImportError:
-        raise ConfigError(
+        raise MissingPackageError(
             f"--log {name} needs the {package} package: pip install 'visiontune[{name}]' (or leave {name} out of --log)"
         ) from None
 
