@@ -6,6 +6,7 @@ is the fast test; the features method, `tune`'s nested runs and `--resume` are s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -230,3 +231,24 @@ def test_under_torchrun_only_the_main_process_logs(data: Path, tmp_path: Path) -
     client = mlflow.MlflowClient(uri)
     run = only_run(client)  # one run, not one per process
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")) == [1, 2]
+
+
+@pytest.mark.slow
+def test_tune_with_log_mlflow_nests_every_trial_under_the_study_run(data: Path, tmp_path: Path) -> None:
+    from visiontune.experiments.space import SearchSpace
+    from visiontune.experiments.tune import TuneConfig, tune
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = tracked(data, tmp_path / "unused", uri, log="mlflow")
+    space = SearchSpace(method=("finetune",), backbone=("efficientnet_lite0",), image_size=(32,), lr=(3e-3, 1e-2),
+                        freeze_epochs=None, label_smoothing=None, augment=None, rotation=None)  # fmt: skip
+    result = tune(TuneConfig(dataclasses.replace(base, out=None), trials=2, out=str(tmp_path / "study"), space=space))
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("fashion").experiment_id])
+    (study,) = [r for r in runs if r.data.tags.get("visiontune.kind") == "study"]
+    assert study.info.run_name == result.study_name and study.info.status == "FINISHED"
+    trials = sorted((r for r in runs if r is not study), key=lambda r: int(r.data.tags["optuna.trial_number"]))
+    assert [r.info.run_name for r in trials] == ["trial-0000", "trial-0001"]
+    for trial, row in zip(trials, sorted(result.rows, key=lambda row: row["number"]), strict=True):
+        assert trial.data.tags["mlflow.parentRunId"] == study.info.run_id
+        assert trial.data.tags["optuna.trial_state"] == row["state"] == "complete"

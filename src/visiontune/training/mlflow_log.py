@@ -196,9 +196,15 @@ class MLflowLogger(Tracker):
         values = {k: v for k, v in metrics.items() if _number(v) and k != "epoch"}
         for index, group in enumerate(trainer.optimizer.param_groups):
             values[f"lr/{group.get('name', index)}"] = group["lr"]
-        self._log(metrics=values, step=int(metrics["epoch"]))
+        with store_errors(self.client):
+            self._log(metrics=values, step=int(metrics["epoch"]))
 
     def finish(self, p: Prepared, end: RunEnd) -> None:
+        with store_errors(self.client):
+            self._upload(p, end)
+            self.client.set_terminated(self.run_id, "FINISHED")
+
+    def _upload(self, p: Prepared, end: RunEnd) -> None:
         final = {f"final/{k}": v for k, v in end.metrics.items()}
         # params again: those unknown at the start (an lr found by --lr auto) are logged now
         self._log(metrics={**final, **end.head_metrics()}, step=end.step, params=flat_params(p.config))
@@ -211,7 +217,6 @@ class MLflowLogger(Tracker):
             if p.run.file(name).is_file():
                 self.client.log_artifact(self.run_id, str(p.run.file(name)), "run")
         self.client.log_artifacts(self.run_id, str(p.run.file(BUNDLE)), "bundle")
-        self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self, p: Prepared | None, error: BaseException) -> None:
         if self.run_id:
