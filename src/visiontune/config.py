@@ -188,6 +188,7 @@ FEATURE_HEADS = ("logreg", "rf", "svm", "knn", "linear", "mlp")  # method="featu
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 BALANCE = ("auto", "none", "weights", "sampler")
+TRACKERS = ("tensorboard", "mlflow")
 BN_STATS = ("frozen", "adapt")
 
 
@@ -278,6 +279,9 @@ class TrainConfig:
     rotation: float | None = None
     num_workers: int | None = None
     seed: int = 42
+    log: tuple[str, ...] = ()  # trackers besides the run folder: tensorboard, mlflow (training.tracking)
+    mlflow_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db here)
+    mlflow_experiment: str | None = None  # None: named after the data folder
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -290,6 +294,11 @@ class TrainConfig:
         if self.num_workers is not None:
             check_range("num_workers", self.num_workers, 0, 1024)
         check_range("seed", self.seed, 0, 2**32 - 1)
+        if isinstance(self.log, str):  # "tensorboard,mlflow" from the command line or YAML
+            names = (t.strip() for t in self.log.split(","))
+            object.__setattr__(self, "log", tuple(dict.fromkeys(t for t in names if t and t != "none")))
+        for tracker in self.log:
+            check_choice("log", tracker, TRACKERS)
 
     def augment_config(self) -> AugmentConfig:
         """The augmentation preset with the CLI's overrides applied."""

@@ -30,8 +30,19 @@ def export_command(
     ] = None,
     split: Annotated[str, Opt(help="Split the check re-scores: valid or test.")] = "valid",
     calibration_images: Annotated[int, Opt(min=1, help="Training images that calibrate --quantize int8.")] = 256,
+    mlflow: Annotated[bool, Opt("--mlflow", help="Log the bundle as an MLflow model (pyfunc) instead.")] = False,
+    register: Annotated[str | None, Opt(help="With --mlflow: register a version under this name.")] = None,
+    mlflow_uri: Annotated[str | None, Opt(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI).")] = None,
+    mlflow_experiment: Annotated[str | None, Opt(help="MLflow experiment when the run has no MLflow run.")] = None,
 ) -> int:
-    """Export a trained model to ONNX and check it gives PyTorch's answers on real images."""
+    """Export a trained model to ONNX and check it gives PyTorch's answers on real images (or log it to MLflow)."""
+    if mlflow or register:
+        from visiontune.cli.export_mlflow import export_to_mlflow
+
+        onnx = [name for name, value in (("--out", out), ("--quantize", quantize), ("--data", data)) if value]
+        return export_to_mlflow(
+            model, register=register, uri=mlflow_uri, experiment=mlflow_experiment, onnx_options=onnx
+        )
     from visiontune.export import ExportConfig, export_model
 
     config = ExportConfig(

@@ -82,6 +82,10 @@ RUN_OPTIONS = (
     opt("label_regex", "data", str, r"Labels from file names, e.g. '^(.+)_\d+\.jpg$'."),
     opt("group_regex", "data", str, "Keep files sharing this regex group on one side of the split."),
     opt("seed", "data", int, "Seed for the split, sampling and training."),
+    opt("log", "train", str, "Also log to tensorboard, mlflow or both (comma-separated); default: run folder only."
+        " Under torchrun spell it --trackers (torchrun reads --log as its --log-dir).", flags=("--log", "--trackers")),
+    opt("mlflow_uri", "train", str, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    opt("mlflow_experiment", "train", str, "MLflow experiment name (default: the data folder's name)."),
 )  # fmt: skip
 SEED_SECTIONS = ("data", "train")  # --seed sets the split's seed and training's
 

@@ -91,7 +91,7 @@ def tune_command(
     _print_result(result)
 
 
-SHARED = ("epochs", "batch_size", "sample", "valid_pct", "workers", "seed")  # the run options every trial takes
+SHARED = ("epochs", "batch_size", "sample", "valid_pct", "workers", "seed", "log", "mlflow_uri", "mlflow_experiment")
 with_run_options(tune_command, SHARED)
 
 

@@ -47,6 +47,7 @@ from visiontune.experiments.study import (
 )
 from visiontune.runs.folder import RunFolder
 from visiontune.training.events import Callback
+from visiontune.training.mlflow_log import study_run, trial_run
 from visiontune.training.pipeline import train
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ class TuneConfig:
         base = self.base.to_dict()
         base["data"].pop("source")  # workers on other machines mount the data elsewhere
         base.pop("out"), base.pop("name")
+        for key in ("log", "mlflow_uri", "mlflow_experiment"):  # where trials are tracked: not the search
+            base["train"].pop(key, None)
         return {
             "space": self.effective_space().to_dict(),
             "grid": {k: list(v) for k, v in self.grid.items()},
@@ -165,7 +168,8 @@ def tune(
             study = _load_study(config, url)
         finally:
             lock.release()
-        ran = _work(config, study, lock, callbacks, on_trial)
+        with study_run(config.base, config.study_name):  # --log mlflow: the trials' runs nest in the study's
+            ran = _work(config, study, lock, callbacks, on_trial)
     finally:
         lock.close()
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
@@ -354,7 +358,8 @@ def _objective(
         params = suggest_params(trial, space, config.base)
         run_config = dataclasses.replace(apply_params(config.base, params), out=str(run_dir), name=None)
         try:
-            return _run_trial(trial, run_config, callbacks, config)
+            with trial_run(trial.number, pruned=optuna.TrialPruned):
+                return _run_trial(trial, run_config, callbacks, config)
         except optuna.TrialPruned:
             _finish_trial_folder(trial, run_dir, "pruned", None, config)
             raise

@@ -16,7 +16,7 @@ import torch
 
 from visiontune.config import Monitor
 from visiontune.plots import plot_history
-from visiontune.runs.folder import HISTORY, LEGACY_COLUMNS, TENSORBOARD, RunFolder
+from visiontune.runs.folder import HISTORY, LEGACY_COLUMNS, RunFolder
 from visiontune.training.events import Callback
 from visiontune.training.schedule import LRFinderResult, smooth, suggest_lr
 
@@ -140,39 +140,6 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.waited = state.get("best"), int(state.get("waited", 0))
-
-
-class TensorBoardLogger(Callback):
-    """Epoch metrics as TensorBoard scalars, when the `tensorboard` package is installed."""
-
-    def __init__(self, run: RunFolder) -> None:
-        self.run = run
-        self.writer: Any = None
-
-    @staticmethod
-    def available() -> bool:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    def before_fit(self, trainer: Trainer) -> None:
-        if trainer.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.run.file(TENSORBOARD)))
-
-    def after_epoch(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if self.writer is not None:
-            for key, value in metrics.items():
-                if isinstance(value, int | float) and key != "epoch":
-                    self.writer.add_scalar(key, value, int(metrics["epoch"]))
-            self.writer.flush()
-
-    def after_fit(self, trainer: Trainer) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 class LRFinder(Callback):

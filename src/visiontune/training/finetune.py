@@ -24,7 +24,6 @@ from visiontune.training.callbacks import (
     HistoryPlot,
     MetricsLogger,
     Stopwatch,
-    TensorBoardLogger,
 )
 from visiontune.training.checkpoint import load_checkpoint
 from visiontune.training.fitting import Fitted, Hooks, Prepared
@@ -106,8 +105,6 @@ def _callbacks(p: Prepared, extra: list[Callback]) -> list[Callback]:
     callbacks: list[Callback] = [logger, HistoryPlot(p.run, logger), Checkpointer(p.run, p.monitor)]
     if p.config.finetune.patience:
         callbacks.append(EarlyStopping(p.monitor, p.config.finetune.patience))
-    if TensorBoardLogger.available():
-        callbacks.append(TensorBoardLogger(p.run))
     return callbacks + extra
 
 

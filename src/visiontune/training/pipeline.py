@@ -44,6 +44,7 @@ from visiontune.training.checkpoint import CheckpointError
 from visiontune.training.events import Callback
 from visiontune.training.finetune import fit_finetune
 from visiontune.training.fitting import Fitted, Hooks, Prepared
+from visiontune.training.trackers import Tracking
 from visiontune.training.trainer import make_accelerator
 
 VERSIONS = ("visiontune", "torch", "torchvision", "timm", "accelerate", "numpy", "pillow", "scikit-learn")
@@ -97,6 +98,7 @@ def train(
     accelerator = make_accelerator(config.train.precision, compile=finetune.compile and not features)
     if features and accelerator.num_processes > 1:
         raise ConfigError("--method features runs in one process; start it without torchrun / accelerate launch")
+    tracking = Tracking(config, main=accelerator.is_main_process)  # a --log whose library is missing: refused here
     run = _run_folder(config, accelerator, resume, overwrite=overwrite)
     with run.lock(enabled=accelerator.is_main_process):
         if accelerator.is_main_process and resume is None:
@@ -106,8 +108,12 @@ def train(
             prepared = prepare(
                 config, run, accelerator, resume=resume is not None, label_func=label_func, started=started
             )
-            fitted = fit_features(prepared, hooks) if features else fit_finetune(prepared, hooks)
-            return finish(prepared, fitted, started)
+            with tracking.started(prepared):
+                hooks = tracking.hooks(hooks)
+                fitted = tracking.remember(fit_features(prepared, hooks) if features else fit_finetune(prepared, hooks))
+                result = finish(prepared, fitted, started)
+                tracking.finish(prepared, fitted, result)
+            return result
         except KeyboardInterrupt as exc:
             raise Interrupted(_stopped(run, features=features)) from exc
 
