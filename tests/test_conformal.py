@@ -56,7 +56,7 @@ def test_tie_breaks_are_deterministic_uniforms() -> None:
     assert torch.equal(u, tie_breaks(probs.clone()))  # same image, same u
     # a backend's rounding noise (1e-7) moves a rounded probability only next to a rounding boundary
     assert float((u == tie_breaks(probs + 1e-7)).double().mean()) > 0.99
-    assert 0 <= float(u.min()) and float(u.max()) < 1
+    assert float(u.min()) >= 0 and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 0.02 and abs(float((u < 0.1).double().mean()) - 0.1) < 0.02
 
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from statistics import NormalDist
 from typing import Any
 
 import torch
-from scipy.stats import binomtest, norm
+from scipy.stats import binomtest
 
 CONFIDENCE = 0.95
 BOOTSTRAP_SAMPLES = 1000
@@ -31,7 +32,7 @@ def wilson_interval(successes: int, n: int, *, confidence: float = CONFIDENCE) -
     """(low, high) of the Wilson score interval for `successes` out of `n`; (nan, nan) when n is 0."""
     if n <= 0:
         return float("nan"), float("nan")
-    z = float(norm.ppf(0.5 + confidence / 2))
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
     rate = successes / n
     centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
