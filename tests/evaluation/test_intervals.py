@@ -41,8 +41,10 @@ def test_bootstrap_balanced_accuracy_covers_the_truth() -> None:
         targets = torch.as_tensor(rng.integers(0, 3, size=300))
         right = torch.as_tensor(rng.random(300) < recalls[targets.numpy()])
         predicted = torch.where(right, targets, (targets + 1) % 3)
-        low, high = bootstrap_interval(lambda rows: balanced_accuracy(predicted[rows], targets[rows], 3), 300,
-                                       samples=300, seed=int(rng.integers(1000)))  # fmt: skip
+        def statistic(rows: torch.Tensor, predicted: torch.Tensor = predicted, targets: torch.Tensor = targets) -> float:
+            return balanced_accuracy(predicted[rows], targets[rows], 3)
+
+        low, high = bootstrap_interval(statistic, 300, samples=300, seed=int(rng.integers(1000)))
         held.append(low <= recalls.mean() <= high)
     assert 0.85 <= np.mean(held) <= 1.0
 

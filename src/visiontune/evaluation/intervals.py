@@ -114,3 +114,29 @@ def within_noise(score: float, best: float, n: int) -> bool:
         return False
     low, high = wilson_interval(round(best * n), n)
     return low <= score <= high
+
+
+def set_coverage(calibration: Any, logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """How the bundle's conformal sets did on these labelled images: coverage (with its interval) and sizes."""
+    if calibration.conformal is None:
+        return {"note": "the bundle has no conformal data (trained before prediction sets); retrain for them"}
+    sets = calibration.prediction_sets(calibration.probabilities(logits))
+    hits = sets.gather(1, targets.long().view(-1, 1)).squeeze(1)
+    sizes = sets.sum(dim=1).double()
+    per_class = {}
+    for index, name in enumerate(classes):
+        members = targets == index
+        if members.any():
+            rate = float(hits[members].double().mean())
+            per_class[name] = {"coverage": rate, "interval": list(wilson_interval(int(hits[members].sum()),
+                                                                                  int(members.sum())))}  # fmt: skip
+    return {
+        "target": calibration.conformal.coverage,
+        "mondrian": calibration.conformal.mondrian,
+        "coverage": float(hits.double().mean()) if len(hits) else float("nan"),
+        "interval": list(wilson_interval(int(hits.sum()), len(hits))),
+        "mean_size": float(sizes.mean()) if len(sizes) else float("nan"),
+        "single": float((sizes == 1).double().mean()) if len(sizes) else float("nan"),
+        "empty": float((sizes == 0).double().mean()) if len(sizes) else float("nan"),
+        "per_class": per_class,
+    }
