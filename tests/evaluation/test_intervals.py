@@ -41,7 +41,10 @@ def test_bootstrap_balanced_accuracy_covers_the_truth() -> None:
         targets = torch.as_tensor(rng.integers(0, 3, size=300))
         right = torch.as_tensor(rng.random(300) < recalls[targets.numpy()])
         predicted = torch.where(right, targets, (targets + 1) % 3)
-        def statistic(rows: torch.Tensor, predicted: torch.Tensor = predicted, targets: torch.Tensor = targets) -> float:
+
+        def statistic(
+            rows: torch.Tensor, predicted: torch.Tensor = predicted, targets: torch.Tensor = targets
+        ) -> float:
             return balanced_accuracy(predicted[rows], targets[rows], 3)
 
         low, high = bootstrap_interval(statistic, 300, samples=300, seed=int(rng.integers(1000)))
