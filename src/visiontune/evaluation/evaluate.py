@@ -33,6 +33,7 @@ from visiontune.data.sources import Sample
 from visiontune.embedding import logits_and_embeddings
 from visiontune.errors import DatasetError
 from visiontune.evaluation import figures, gradcam
+from visiontune.evaluation.answers import write_answers
 from visiontune.evaluation.intervals import accuracy_intervals, set_coverage
 from visiontune.evaluation.ood import ood_metrics, ood_samples, ood_score_values
 from visiontune.evaluation.report import write_report
@@ -164,6 +165,7 @@ def evaluate(
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_report(out_dir, metrics, run=run, meta=meta, notes=selection.notes)
     paths = [sample_path(selection.data.samples[int(i)]) for i in scored.indices]
+    write_answers(out_dir, paths, scored.targets, scored.logits.argmax(dim=1), meta.classes)
     result = EvalResult(out_dir, metrics, scored.logits, scored.targets, paths, embeddings=scored.embeddings)
     if unknown is not None:
         result.ood_logits, result.ood_embeddings = unknown.logits, unknown.embeddings
