@@ -30,7 +30,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -128,19 +128,44 @@ def copy_run(run: Path, dest: Path) -> Path:
 
 
 def calibrate_if_needed(run: Path, data: str, work: Path) -> str:
-    """Fit the calibration training now stores, on the run's validation split, when the bundle has none."""
-    from visiontune.calibration import calibrate
-    from visiontune.evaluation.evaluate import EvalConfig, evaluate
+    """Fit what training now fits at its end (temperature, thresholds, conformal sets, the k-NN detector) on
+    the run's own splits, when the bundle predates it: the same functions `finish` calls, on the kept weights."""
+    import torch
 
-    meta_path = run / "model" / "bundle.json"
-    meta = json.loads(meta_path.read_text())
-    if "ece_before" in meta.get("calibration", {}):
+    from visiontune.bundle import load_bundle, save_bundle
+    from visiontune.calibration import calibrate
+    from visiontune.data.loader import ImageItems
+    from visiontune.data.transforms import pixel_transform
+    from visiontune.detector import BANK_CAP, fit_knn
+    from visiontune.embedding import logits_and_embeddings
+    from visiontune.inference import Inference
+    from visiontune.runs.folder import RunFolder
+
+    model, meta = load_bundle(run / "model")
+    if meta.calibration.conformal is not None and meta.calibration.detector is not None:
         return "the bundle's own (fitted at the end of training)"
-    valid = evaluate(run, data, EvalConfig(split="valid", out=str(work / "valid-eval"), top_losses=0))
-    meta["calibration"] = calibrate(valid.logits, valid.targets)
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    t, thresholds = meta["calibration"]["temperature"], meta["calibration"]["unknown"]["thresholds"]
-    return f"fitted here on the run's {len(valid.targets)} validation images (T = {t:.3f}, thresholds {thresholds})"
+    folder = RunFolder(run)
+    runner = Inference.create(model, model.preprocessing, device="cpu")
+    forward, k = logits_and_embeddings(model), len(meta.classes)
+
+    def outputs(split: str, cap: int | None = None) -> tuple[torch.Tensor, list[str]]:
+        rows = [(p, label) for p, label in folder.split_files(split, data_root=meta.training.get("data_root"),
+                                                              data=Path(data)) if p is not None]  # fmt: skip
+        if cap is not None and len(rows) > cap:
+            keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(42))[:cap]
+            rows = [rows[i] for i in sorted(keep.tolist())]
+        dataset = ImageItems([p for p, _ in rows], pixel_transform(model.preprocessing))
+        scored = runner.outputs(runner.loader(dataset), forward=forward)
+        return scored.outputs, [rows[i][1] for i in scored.indices.tolist()]
+
+    valid, labels = outputs("valid")
+    targets = torch.tensor([meta.classes.index(label) for label in labels])
+    calibration = calibrate(valid[:, :k], targets)
+    detector = fit_knn(outputs("train", BANK_CAP)[0][:, k:], cap=BANK_CAP, seed=42)
+    calibration = calibration.with_detector(detector, valid[:, k:])
+    save_bundle(run / "model", model, dataclasses.replace(meta, calibration=calibration))
+    return (f"fitted here as training's finish does, on the run's {len(targets)} validation images and "
+            f"{len(detector.bank)} training embeddings (T = {calibration.temperature:.3f})")  # fmt: skip
 
 
 def main() -> None:
