@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import visiontune
-from tests.cli.test_cli import visiontune as run_cli
+from visiontune.cli.main import app
 from visiontune.errors import ConfigError
 
 
@@ -46,5 +47,5 @@ def test_an_old_bundle_predicts_without_sets(features_run: Path, trained_data: P
     assert prediction.label is not None and prediction.prediction_set is None and prediction.score_name == "msp"
     with pytest.raises(ConfigError, match="no 'knn' detector"):
         predictor.predict(_images(trained_data)[:1], unknown_score="knn")
-    proc = run_cli("predict", str(old), str(_images(trained_data)[0]))
-    assert proc.returncode == 0 and "no prediction sets" in proc.stdout
+    result = CliRunner().invoke(app, ["predict", str(old), str(_images(trained_data)[0])], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "no prediction sets" in result.output
