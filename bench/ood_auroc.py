@@ -1,11 +1,19 @@
-"""Unknown detection on images of none of the classes: AUROC of the bundle's unknown score.
+"""Unknown detection on images of none of the classes: AUROC and FPR at 95% TPR of every unknown score.
 
-Builds an out-of-distribution folder from two sources the Fashion-MNIST model never saw:
+Scores: max softmax probability (msp), energy, and the feature-space k-NN score (knn: cosine
+similarity to the 10th nearest training embedding; bundles trained since it exists).
+
+Builds an out-of-distribution folder (the "existing" one) from two sources the Fashion-MNIST model never saw:
 - scikit-learn's `load_digits` (8x8 handwritten digits, white on black like Fashion-MNIST)
   upsampled to 28x28 grayscale, `--digits` per digit;
 - scikit-image's sample photos (astronaut, coffee, chelsea the cat, a rocket, coins, text...):
   each whole photo and `--crops` random square crops, converted to 28x28 grayscale, plus each
   colour photo kept in RGB (28x28).
+
+and a second, separate source from other real images packages ship (`--second`):
+- scikit-image's `lfw_subset` faces (25x25 grey, 100 faces), to 28x28;
+- random square crops of scikit-learn's two sample photos (a temple in China, a flower), 28x28
+  grey and RGB.
 
 Then evaluates a copy of the run (without checkpoints) on its test split with that folder as
 `--ood`, through the Python API that `visiontune evaluate RUN DATA --ood FOLDER` calls (the
@@ -22,7 +30,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -92,6 +100,27 @@ def _random_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
+def write_second_source(folder: Path, crops: int, seed: int = 1) -> int:
+    """Faces from skimage's lfw_subset and crops of sklearn's sample photos, 28x28: the second OOD source."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    faces = skimage.data.lfw_subset()[:100]  # the first 100 are faces
+    for k, face in enumerate(faces):
+        pixels = (face * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).resize((SIDE, SIDE), Image.BICUBIC).save(folder / f"face_{k:03d}.png")
+    written = len(faces)
+    for index, photo in enumerate(load_sample_images().images):
+        image = Image.fromarray(photo)
+        for k in range(crops):
+            view = _random_crop(image, rng).resize((SIDE, SIDE), Image.BICUBIC)
+            (view if k % 2 else view.convert("L")).save(folder / f"sample{index}_{k:03d}.png")
+        written += crops
+    return written
+
+
 def copy_run(run: Path, dest: Path) -> Path:
     """The run folder without its checkpoints: the bundle, splits.csv, config and history."""
     shutil.copytree(run, dest, ignore=shutil.ignore_patterns("checkpoints", "eval"))
@@ -99,19 +128,44 @@ def copy_run(run: Path, dest: Path) -> Path:
 
 
 def calibrate_if_needed(run: Path, data: str, work: Path) -> str:
-    """Fit the calibration training now stores, on the run's validation split, when the bundle has none."""
-    from visiontune.calibration import calibrate
-    from visiontune.evaluation.evaluate import EvalConfig, evaluate
+    """Fit what training now fits at its end (temperature, thresholds, conformal sets, the k-NN detector) on
+    the run's own splits, when the bundle predates it: the same functions `finish` calls, on the kept weights."""
+    import torch
 
-    meta_path = run / "model" / "bundle.json"
-    meta = json.loads(meta_path.read_text())
-    if "ece_before" in meta.get("calibration", {}):
+    from visiontune.bundle import load_bundle, save_bundle
+    from visiontune.calibration import calibrate
+    from visiontune.data.loader import ImageItems
+    from visiontune.data.transforms import pixel_transform
+    from visiontune.detector import BANK_CAP, fit_knn
+    from visiontune.embedding import logits_and_embeddings
+    from visiontune.inference import Inference
+    from visiontune.runs.folder import RunFolder
+
+    model, meta = load_bundle(run / "model")
+    if meta.calibration.conformal is not None and meta.calibration.detector is not None:
         return "the bundle's own (fitted at the end of training)"
-    valid = evaluate(run, data, EvalConfig(split="valid", out=str(work / "valid-eval"), top_losses=0))
-    meta["calibration"] = calibrate(valid.logits, valid.targets)
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    t, thresholds = meta["calibration"]["temperature"], meta["calibration"]["unknown"]["thresholds"]
-    return f"fitted here on the run's {len(valid.targets)} validation images (T = {t:.3f}, thresholds {thresholds})"
+    folder = RunFolder(run)
+    runner = Inference.create(model, model.preprocessing, device="cpu")
+    forward, k = logits_and_embeddings(model), len(meta.classes)
+
+    def outputs(split: str, cap: int | None = None) -> tuple[torch.Tensor, list[str]]:
+        rows = [(p, label) for p, label in folder.split_files(split, data_root=meta.training.get("data_root"),
+                                                              data=Path(data)) if p is not None]  # fmt: skip
+        if cap is not None and len(rows) > cap:
+            keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(42))[:cap]
+            rows = [rows[i] for i in sorted(keep.tolist())]
+        dataset = ImageItems([p for p, _ in rows], pixel_transform(model.preprocessing))
+        scored = runner.outputs(runner.loader(dataset), forward=forward)
+        return scored.outputs, [rows[i][1] for i in scored.indices.tolist()]
+
+    valid, labels = outputs("valid")
+    targets = torch.tensor([meta.classes.index(label) for label in labels])
+    calibration = calibrate(valid[:, :k], targets)
+    detector = fit_knn(outputs("train", BANK_CAP)[0][:, k:], cap=BANK_CAP, seed=42)
+    calibration = calibration.with_detector(detector, valid[:, k:])
+    save_bundle(run / "model", model, dataclasses.replace(meta, calibration=calibration))
+    return (f"fitted here as training's finish does, on the run's {len(targets)} validation images and "
+            f"{len(detector.bank)} training embeddings (T = {calibration.temperature:.3f})")  # fmt: skip
 
 
 def main() -> None:
@@ -120,6 +174,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="its data folder (the test split is scored)")
     parser.add_argument("--digits", type=int, default=20, help="digits of each kind (10 kinds)")
     parser.add_argument("--crops", type=int, default=8, help="random crops per photo")
+    parser.add_argument("--second-crops", type=int, default=50, help="crops per sklearn sample photo (second source)")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     args = parser.parse_args()
@@ -136,29 +191,38 @@ def run(args: argparse.Namespace, work: Path) -> None:
 
     from visiontune.evaluation.evaluate import EvalConfig, evaluate
     from visiontune.evaluation.ood import ood_metrics
+    from visiontune.predict import Predictor
 
     digits, photos = (
         write_digits(work / "ood" / "digits", args.digits),
         write_photos(work / "ood" / "photos", args.crops),
     )
-    print(f"OOD images: {digits} digits, {photos} photos")
+    second = write_second_source(work / "ood" / "second", args.second_crops)
+    print(f"OOD images: {digits} digits, {photos} photos (the existing folder); {second} faces and sample-photo crops")
     run_copy = copy_run(args.run, work / "run")
     print(f"calibration: {calibrate_if_needed(run_copy, args.data, work)}")
     print(f"command: visiontune evaluate {run_copy} {args.data} --ood {work / 'ood'} --out {work / 'eval'}")
     result = evaluate(run_copy, args.data, EvalConfig(ood=str(work / "ood"), out=str(work / "eval")))
-    calibration = json.loads((run_copy / "model" / "bundle.json").read_text())["calibration"]
-    rows = {"all": result.metrics["ood"]}
-    for source in ("digits", "photos"):  # the same OOD logits, split by where the images came from
-        keep = torch.tensor([f"/ood/{source}/" in path for path in result.ood_paths])
-        rows[source] = ood_metrics(result.logits, result.ood_logits[keep], calibration)
-    print(f"\ntest accuracy {result.metrics['accuracy']:.4f} on {result.metrics['images']} images")
-    print("| OOD source | images | AUROC (msp) | AUROC (energy) | OOD flagged | test flagged |")
-    print("|---|---:|---:|---:|---:|---:|")
+    calibration = Predictor.load(run_copy, device="cpu").calibration  # with the k-NN bank, when it has one
+    rows = {}
+    sources = {"existing (digits + photos)": ("/ood/digits/", "/ood/photos/"), "digits": ("/ood/digits/",),
+               "photos": ("/ood/photos/",), "second (faces + sample crops)": ("/ood/second/",)}  # fmt: skip
+    for source, parts in sources.items():  # the same OOD outputs, split by where the images came from
+        keep = torch.tensor([any(part in path for part in parts) for path in result.ood_paths])
+        unknown_embeddings = None if result.ood_embeddings is None else result.ood_embeddings[keep]
+        rows[source] = ood_metrics(result.logits, result.ood_logits[keep], calibration,
+                                   (result.embeddings, unknown_embeddings))  # fmt: skip
+    print(f"\ntest accuracy {result.metrics['accuracy']:.4f} on {result.metrics['images']} images;"
+          f" the bundle's default unknown score: {calibration.score}")  # fmt: skip
+    scores = list(rows["digits"]["auroc_by_score"])
+    print("| OOD source | images | " + " | ".join(f"AUROC ({s})" for s in scores) + " | "
+          + " | ".join(f"FPR@95%TPR ({s})" for s in scores) + " | OOD flagged | test flagged |")  # fmt: skip
+    print("|---|---:|" + "---:|" * (2 * len(scores) + 2))
     for source, ood in rows.items():
-        print(
-            f"| {source} | {ood['images']} | {ood['auroc_by_score']['msp']:.3f} "
-            f"| {ood['auroc_by_score']['energy']:.3f} | {_pct(ood['flagged_ood'])} | {_pct(ood['flagged_in'])} |"
-        )
+        aurocs = " | ".join(f"{ood['auroc_by_score'][s]:.3f}" for s in scores)
+        fprs = " | ".join(f"{ood['fpr_at_95_tpr_by_score'][s]:.3f}" for s in scores)
+        print(f"| {source} | {ood['images']} | {aurocs} | {fprs} | {_pct(ood['flagged_ood'])} "
+              f"| {_pct(ood['flagged_in'])} |")  # fmt: skip
     if args.keep:
         print(f"\nreport: {result.report}")
 

@@ -3,6 +3,7 @@
     model/
       bundle.json        architecture, classes, preprocessing, calibration, metrics, versions, weights' sha256
       model.safetensors  the weights
+      detector.safetensors  training embeddings of the "knn" unknown score (bundles that have one)
 
 No pickle anywhere: the architecture is rebuilt from JSON and the weights are plain tensors, so a
 bundle loads without the training code, the user's label functions, or trust in the file (the
@@ -31,6 +32,8 @@ from safetensors.torch import load_file, save_file
 
 from visiontune.calibration import Calibration
 from visiontune.data.transforms import Preprocessing
+from visiontune.detector import FILE as DETECTOR_FILE
+from visiontune.detector import KNNDetector
 from visiontune.errors import BundleError, VisiontuneError
 from visiontune.io import writing
 from visiontune.models import build_model
@@ -127,6 +130,7 @@ def save_bundle(path: str | Path, model: torch.nn.Module, meta: BundleMeta) -> P
             state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
             save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT})
             meta = dataclasses.replace(meta, weights_sha256=file_sha256(staging / WEIGHTS_FILE))
+            meta = _save_detector(staging, meta)
             (staging / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
             _swap_in(staging, target)
         finally:
@@ -163,7 +167,29 @@ def read_meta(path: str | Path) -> BundleMeta:
         data = json.loads((folder / META_FILE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"{folder / META_FILE}: unreadable bundle metadata ({exc})") from exc
-    return BundleMeta.from_dict(data, where=folder)
+    return _load_detector(folder, BundleMeta.from_dict(data, where=folder))
+
+
+def _save_detector(folder: Path, meta: BundleMeta) -> BundleMeta:
+    """Write the k-NN detector's bank beside the weights; its checksum goes into the calibration block."""
+    calibration = meta.calibration
+    if calibration.detector is None:
+        return meta
+    info = {**(calibration.detector_info or calibration.detector.to_dict())}
+    info["sha256"] = file_sha256(calibration.detector.save(folder))
+    return dataclasses.replace(meta, calibration=dataclasses.replace(calibration, detector_info=info))
+
+
+def _load_detector(folder: Path, meta: BundleMeta) -> BundleMeta:
+    """Attach the k-NN detector's bank the calibration block names (checked against its checksum)."""
+    info = meta.calibration.detector_info
+    if not info or meta.calibration.detector is not None:
+        return meta
+    path = folder / str(info.get("file", DETECTOR_FILE))
+    if info.get("sha256") and path.is_file() and file_sha256(path) != info["sha256"]:
+        raise BundleError(f"{path}: does not match {META_FILE}'s checksum: the file is damaged; retrain")
+    detector = KNNDetector.load(folder, dict(info))
+    return dataclasses.replace(meta, calibration=dataclasses.replace(meta.calibration, detector=detector))
 
 
 def load_bundle(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, BundleMeta]:

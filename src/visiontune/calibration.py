@@ -13,11 +13,16 @@ fitted at the end of training on validation logits and stored in the bundle:
   familiar) as an option. Both thresholds are stored; predict picks one by name.
 
 Everything here is on tensors of logits, so fine-tuned and feature-head bundles share it; `Calibration`
-is the one object every reader (predict, evaluate, serve, export) goes through.
+is the one object every reader (predict, evaluate, serve, export) goes through. It also carries
+what training fitted beyond a temperature: the conformal prediction-set predictor (`conformal`,
+see conformal.py) and the feature-space k-NN detector behind the "knn" unknown score (`detector`,
+see detector.py; its bank lives in the bundle's detector.safetensors). Bundles from before either
+load with None there: no prediction set, and the logit scores only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,9 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from visiontune.config import check_choice
+from visiontune.conformal import DEFAULT_COVERAGE, ConformalSets, fit_conformal
+from visiontune.detector import DEFAULT_ALPHA, KNNDetector, conformal_threshold
 from visiontune.errors import ConfigError
 
-UNKNOWN_SCORES = ("msp", "energy")
+UNKNOWN_SCORES = ("msp", "energy")  # the scores computed from logits alone
+FEATURE_SCORES = ("knn",)  # the scores that need the image's embedding (and a fitted detector)
+ALL_SCORES = UNKNOWN_SCORES + FEATURE_SCORES
 DEFAULT_KEEP = 0.95
 ECE_BINS = 15
 _T_RANGE = (0.05, 20.0)
@@ -152,11 +161,14 @@ class Calibration:
     nll_before: float | None = None
     nll_after: float | None = None
     fitted_on: int | None = None  # validation images
+    conformal: ConformalSets | None = None  # prediction sets (None: a bundle from before them)
+    detector: KNNDetector | None = None  # the "knn" score's training-embedding bank (None: not fitted/loaded)
+    detector_info: Mapping[str, Any] | None = None  # bundle.json's description of it (k, bank size, file)
 
     def __post_init__(self) -> None:
-        check_choice("score", self.score, UNKNOWN_SCORES)
+        check_choice("score", self.score, ALL_SCORES)
         for name in self.thresholds:
-            check_choice("score", name, UNKNOWN_SCORES)
+            check_choice("score", name, ALL_SCORES)
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ConfigError(f"`temperature` must be a positive number. Received: temperature={self.temperature!r}")
         object.__setattr__(self, "thresholds", MappingProxyType(dict(self.thresholds)))
@@ -170,19 +182,41 @@ class Calibration:
         """(N, K) temperature-scaled softmax probabilities: what predict reports."""
         return (logits.float() / self.temperature).softmax(dim=1)
 
-    def scores(self, logits: torch.Tensor, score: str | None = None) -> torch.Tensor:
-        """(N,) unknown scores (higher = more familiar) under `score`, the stored one by default."""
-        return unknown_scores(logits, temperature=self.temperature, score=score or self.score)
+    def scores(
+        self, logits: torch.Tensor, score: str | None = None, *, embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(N,) unknown scores (higher = more familiar) under `score`, the stored one by default.
+
+        "knn" needs the images' `embeddings` (N, D) and a loaded detector.
+        """
+        name = score or self.score
+        if name in FEATURE_SCORES:
+            if self.detector is None or embeddings is None:
+                raise ConfigError(self.feature_score_missing(name))
+            return self.detector.scores(embeddings)
+        return unknown_scores(logits, temperature=self.temperature, score=name)
+
+    def feature_score_missing(self, name: str) -> str:
+        """Why the feature-space score can't be computed here, and what to do instead."""
+        if self.detector is None:
+            return f"this bundle has no {name!r} detector (trained before it existed): use --unknown-score msp"
+        return f"the {name!r} score needs the images' embeddings, which this model can't give: use --unknown-score msp"
 
     def threshold(self, score: str | None = None) -> float | None:
         """The threshold of `score` (the stored one by default); None when none was fitted."""
         name = score or self.score
-        check_choice("unknown_score", name, UNKNOWN_SCORES)
+        check_choice("unknown_score", name, ALL_SCORES)
         return self.thresholds.get(name)
 
-    def is_unknown(self, logits: torch.Tensor, score: str | None = None) -> torch.Tensor:
+    def is_unknown(
+        self, logits: torch.Tensor, score: str | None = None, *, embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(N,) bool: below the threshold of `score`; all False when there is no threshold."""
-        return self.flag(self.scores(logits, score), score)
+        return self.flag(self.scores(logits, score, embeddings=embeddings), score)
+
+    def prediction_sets(self, probs: torch.Tensor, *, coverage: float | None = None) -> torch.Tensor | None:
+        """(N, K) bool conformal sets from calibrated probabilities; None for a bundle without conformal data."""
+        return None if self.conformal is None else self.conformal.predict(probs, coverage=coverage)
 
     def flag(self, values: torch.Tensor, score: str | None = None) -> torch.Tensor:
         """(N,) bool for scores already computed (e.g. averaged over TTA views)."""
@@ -190,6 +224,20 @@ class Calibration:
         if threshold is None:
             return torch.zeros(len(values), dtype=torch.bool)
         return values < threshold
+
+    def with_detector(
+        self, detector: KNNDetector, valid_embeddings: torch.Tensor, *, alpha: float = DEFAULT_ALPHA
+    ) -> Calibration:
+        """This calibration plus the k-NN detector, its threshold fitted on validation embeddings, as the default score.
+
+        The threshold is a conformal p-value cut: an image drawn like the validation images is
+        flagged unknown with probability at most `alpha` (whether the model gets it right or not).
+        """
+        threshold = conformal_threshold(detector.scores(valid_embeddings), alpha=alpha)
+        info = {**detector.to_dict(), "alpha": alpha, "guarantee": f"at most {alpha:.0%} of in-distribution images"}
+        return dataclasses.replace(
+            self, score="knn", thresholds={**self.thresholds, "knn": threshold}, detector=detector, detector_info=info
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """bundle.json's `calibration` block (also stored in ONNX metadata)."""
@@ -201,6 +249,11 @@ class Calibration:
             block.update(ece_before=self.ece_before, ece_after=self.ece_after)
             block.update(nll_before=self.nll_before, nll_after=self.nll_after)
             block["fitted_on"] = {"split": "valid", "images": self.fitted_on}
+        if self.conformal is not None:
+            block["conformal"] = self.conformal.to_dict()
+        info = self.detector_info or (self.detector.to_dict() if self.detector is not None else None)
+        if info is not None:
+            block["unknown"]["detector"] = dict(info)
         return block
 
     @classmethod
@@ -212,6 +265,7 @@ class Calibration:
         if "msp" not in thresholds and block.get("unknown_threshold") is not None:
             thresholds["msp"] = block["unknown_threshold"]
         fitted_on = block.get("fitted_on") or {}
+        conformal = block.get("conformal")
         return cls(
             temperature=_number("temperature", block.get("temperature", 1.0)),
             score=unknown.get("score") or "msp",
@@ -222,11 +276,17 @@ class Calibration:
             nll_before=block.get("nll_before"),
             nll_after=block.get("nll_after"),
             fitted_on=fitted_on.get("images") if isinstance(fitted_on, Mapping) else None,
+            conformal=ConformalSets.from_dict(conformal) if isinstance(conformal, Mapping) else None,
+            detector_info=unknown.get("detector") if isinstance(unknown.get("detector"), Mapping) else None,
         )
 
 
-def calibrate(logits: torch.Tensor, targets: torch.Tensor, *, keep: float = DEFAULT_KEEP) -> Calibration:
-    """Fit the temperature and every score's unknown threshold on validation logits and class indices.
+def calibrate(
+    logits: torch.Tensor, targets: torch.Tensor, *, keep: float = DEFAULT_KEEP, coverage: float = DEFAULT_COVERAGE
+) -> Calibration:
+    """Fit the temperature, every logit score's unknown threshold and the conformal sets on validation logits.
+
+    The conformal sets are fitted on the temperature-scaled probabilities predict reports.
 
     Example:
         >>> calibration = calibrate(valid_logits, valid_targets)  # doctest: +SKIP
@@ -248,6 +308,7 @@ def calibrate(logits: torch.Tensor, targets: torch.Tensor, *, keep: float = DEFA
         nll_before=float("nan") if empty else float(F.cross_entropy(logits, targets)),
         nll_after=float("nan") if empty else float(F.cross_entropy(logits / temperature, targets)),
         fitted_on=len(targets),
+        conformal=fit_conformal((logits / temperature).softmax(dim=1), targets, coverage=coverage),
     )
 
 

@@ -22,7 +22,10 @@ def test_json_has_one_object_per_input_and_failures_set_the_exit_code(
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr and "1 of 3 inputs could not be read" in proc.stderr
     rows = json.loads(proc.stdout)
-    assert [set(r) for r in rows] == [{"path", "predictions", "unknown", "error"}] * 3
+    keys = {"path", "predictions", "prediction_set", "unknown", "unknown_score", "error"}
+    assert [set(r) for r in rows] == [keys] * 3
+    assert isinstance(rows[0]["prediction_set"], list) and rows[2]["prediction_set"] is None
+    assert rows[0]["unknown_score"]["name"] == "knn" and rows[2]["unknown_score"] is None
     assert [r["path"] for r in rows] == [*map(str, good), str(broken)]
     assert all(len(r["predictions"]) == 2 and r["error"] is None for r in rows[:2])
     assert set(rows[0]["predictions"][0]) == {"label", "probability"}

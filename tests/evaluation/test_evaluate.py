@@ -19,6 +19,7 @@ from visiontune.calibration import Calibration, expected_calibration_error
 from visiontune.data.transforms import build_transform
 from visiontune.errors import ConfigError, DatasetError
 from visiontune.evaluation.evaluate import EvalConfig, EvalResult, default_out, evaluate
+from visiontune.predict import Predictor
 from visiontune.runs import RunFolder
 
 
@@ -141,11 +142,12 @@ def test_ood_auroc_and_flagged_shares(evaluated: EvalResult, finetuned_run: Path
     order = [evaluated.ood_paths.index(f) for f in files]
     torch.testing.assert_close(evaluated.ood_logits[order], ood_logits, atol=1e-4, rtol=1e-4)
     unknown = (ood_logits / t).softmax(1).max(1).values.numpy()
-    assert ood["score"] == "msp"
-    assert ood["auroc"] == pytest.approx(_auroc(known, unknown), abs=1e-6)
-    threshold = calibration["unknown"]["thresholds"]["msp"]
-    assert ood["flagged_ood"] == pytest.approx(np.mean(unknown < threshold), abs=1e-6)
-    assert ood["flagged_in"] == pytest.approx(np.mean(known < threshold), abs=1e-6)
+    assert ood["score"] == "knn"  # the bundle's default: the feature-space score (bench/ood_auroc.py chose it)
+    assert ood["auroc_by_score"]["msp"] == pytest.approx(_auroc(known, unknown), abs=1e-6)
+    assert set(ood["auroc_by_score"]) == set(ood["fpr_at_95_tpr_by_score"]) == {"msp", "energy", "knn"}
+    predictor = Predictor.load(finetuned_run, device="cpu")  # what predict would say about the same images
+    assert ood["flagged_ood"] == pytest.approx(np.mean([p.unknown for p in predictor.predict(files)]), abs=1e-6)
+    assert ood["threshold"] == calibration["unknown"]["thresholds"]["knn"]
 
 
 def test_features_bundle_on_a_copy_of_its_data(features_run: Path, trained_data: Path, tmp_path: Path) -> None:

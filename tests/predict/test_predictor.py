@@ -106,12 +106,12 @@ def test_unknown_follows_the_calibrated_threshold(finetuned_run: Path, trained_d
     shutil.copytree(finetuned_run / "model", run / "model")
     meta = json.loads((run / "model" / "bundle.json").read_text())
     images = [p for p, _ in _test_images(trained_data)]
-    scores = [p.score for p in visiontune.load(run, device="cpu").predict(images)]
+    scores = [p.score for p in visiontune.load(run, device="cpu").predict(images, unknown_score="msp")]
     threshold = float(np.median(scores))
     meta["calibration"]["unknown"]["thresholds"]["msp"] = threshold
     (run / "model" / "bundle.json").write_text(json.dumps(meta))
     predictor = visiontune.load(run, device="cpu")
-    flagged = [p.unknown for p in predictor.predict(images)]
+    flagged = [p.unknown for p in predictor.predict(images, unknown_score="msp")]
     assert flagged == [s < threshold for s in scores] and 0 < sum(flagged) < len(images)
     assert not any(p.unknown for p in predictor.predict(images, unknown=False))
     assert all(p.predictions for p in predictor.predict(images))  # the best guess stays alongside

@@ -102,6 +102,10 @@ def test_upload_shows_the_top_class_as_bars(
     widths = [b.find_element(By.CLASS_NAME, "bar-fill").size["width"] for b in bars]
     assert widths == sorted(widths, reverse=True) and widths[0] > 0
     assert browser.find_element(By.ID, "unknown").is_displayed() == expected.unknown
+    assert expected.prediction_set is not None  # a bundle trained now has conformal sets: the page shows them
+    shown_set = browser.find_element(By.ID, "set")
+    assert shown_set.is_displayed()
+    assert all(label.replace("_", " ") in shown_set.text.lower() for label in expected.prediction_set)
     assert browser.execute_script("return document.getElementById('preview').naturalWidth") > 0  # the photo shows
     origins = browser.execute_script("return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
     assert set(origins) <= {server}  # every asset from the app itself: no CDN
@@ -121,6 +125,12 @@ def test_unknown_is_stated_plainly_and_bad_files_say_why(server: str, headless_c
     browser.execute_script("render(arguments[0])", unsure)  # the page's own renderer, on an answer flagged unknown
     assert browser.find_element(By.ID, "unknown").is_displayed()
     assert "Unknown" in browser.find_element(By.ID, "unknown").text
+    browser.execute_script("render(arguments[0])", {**unsure, "prediction_set": ["sneaker", "trouser"]})
+    assert (
+        "Ambiguous" in browser.find_element(By.ID, "set").text and "trouser" in browser.find_element(By.ID, "set").text
+    )
+    browser.execute_script("render(arguments[0])", {**unsure, "prediction_set": None})  # an older bundle: no set
+    assert not browser.find_element(By.ID, "set").is_displayed()
     fake = tmp_path / "holiday.jpg"
     fake.write_text("<!DOCTYPE html><html><body>not a photo</body></html>")
     _upload(browser, fake)

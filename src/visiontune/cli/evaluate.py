@@ -77,7 +77,14 @@ def _table(metrics: dict[str, Any]) -> Table:
         "ece_after",
     ):
         if metrics.get(key) is not None:
-            table.add_row(key.replace("_", " "), f"{metrics[key]:.4f}")
+            interval = (metrics.get("intervals") or {}).get(key)
+            shown = f"{metrics[key]:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+            table.add_row(key.replace("_", " ") + (" (95% interval)" if interval else ""), shown)
+    sets = metrics.get("prediction_sets") or {}
+    if "coverage" in sets:
+        table.add_row(f"set coverage (target {sets['target']:.0%})",
+                      f"{sets['coverage']:.4f} [{sets['interval'][0]:.3f}, {sets['interval'][1]:.3f}]")  # fmt: skip
+        table.add_row("mean set size", f"{sets['mean_size']:.2f}")
     for pair in metrics["most_confused"][:3]:
         table.add_row(f"confused: {pair['actual']} -> {pair['predicted']}", str(pair["count"]))
     ood = metrics.get("ood")

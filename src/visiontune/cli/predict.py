@@ -40,7 +40,11 @@ def predict_command(
         bool, Opt("--unknown/--no-unknown", help="Say 'unknown' below the bundle's calibrated confidence.")
     ] = True,
     unknown_score: Annotated[
-        str | None, Opt(help="Confidence score for 'unknown': msp (max probability, default) or energy.")
+        str | None,
+        Opt(
+            help="Score for 'unknown': knn (distance to training images), msp (max probability) or energy;"
+            " default: the bundle's (knn when it has the detector)."
+        ),
     ] = None,
     batch_size: Annotated[int | None, Opt(min=1, help="Images per forward pass (default: by device).")] = None,
     device: Annotated[str, Opt(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -50,6 +54,10 @@ def predict_command(
     overwrite: Annotated[
         bool, Opt("--overwrite", help="Replace an existing --out, predictions.csv or --grid file.")
     ] = False,
+    coverage: Annotated[
+        float | None,
+        Opt(help="Prediction sets hold the true class with this probability (default: the bundle's, 0.9)."),
+    ] = None,
 ) -> int:
     """Predict the class of each image with a trained model (or a backbone's ImageNet classes)."""
     from visiontune.errors import ConfigError, DatasetError
@@ -78,6 +86,7 @@ def predict_command(
             unknown_score=unknown_score,
             batch_size=batch_size,
             on_batch=advance,
+            coverage=coverage,
         )
     rows = [p.to_dict() for p in predictions]
     if output_format == "json":
@@ -85,11 +94,12 @@ def predict_command(
     elif output_format == "csv":
         _emit(_csv(rows, topk), out)
     else:
-        _print_table(predictions, topk)
+        _print_table(predictions, topk, sets=predictor.calibration.conformal is not None)
         if csv_out is not None:
             _emit(_csv(rows, topk), csv_out)
             console.print(f"all {len(rows)} predictions: {csv_out}", highlight=False)
         _print_summary(predictions, calibrated=_threshold_known(predictor, unknown_score))
+        _print_set_note(predictor, coverage)
     if output_format != "table" and out is not None:
         err_console.print(f"{len(rows)} predictions: {out}", highlight=False)
     if grid is not None:
@@ -135,7 +145,7 @@ def _csv(rows: list[dict], topk: int) -> str:
     """One row per input: path, label, probability, unknown, error, then label_2/probability_2 ... up to top-k."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    header = ["path", "label", "probability", "unknown", "error"]
+    header = ["path", "label", "probability", "unknown", "error", "prediction_set"]
     for k in range(2, topk + 1):
         header += [f"label_{k}", f"probability_{k}"]
     writer.writerow(header)
@@ -143,34 +153,59 @@ def _csv(rows: list[dict], topk: int) -> str:
         ranked = row["predictions"]
         first = ranked[0] if ranked else {"label": "", "probability": ""}
         line = [row["path"], first["label"], first["probability"], row["unknown"], row["error"] or ""]
+        line.append("" if row["prediction_set"] is None else "|".join(row["prediction_set"]))
         for k in range(1, topk):
             line += [ranked[k]["label"], ranked[k]["probability"]] if k < len(ranked) else ["", ""]
         writer.writerow(line)
     return buffer.getvalue()
 
 
-def _print_table(predictions: list, topk: int) -> None:
+def _print_table(predictions: list, topk: int, *, sets: bool = False) -> None:
     table = Table(title=None, show_lines=False)
     table.add_column("image", overflow="fold")
     table.add_column("prediction")
     table.add_column("probability", justify="right")
+    if sets:
+        table.add_column("set", overflow="fold")
     if topk > 1:
         table.add_column("next")
     base = _common_folder([p.path for p in predictions if p.path])
     for p in predictions[:TABLE_ROWS]:
         name = os.path.relpath(os.path.abspath(p.path), base) if p.path and base else p.path or "<input>"
         if p.error:
-            table.add_row(name, f"[red]error: {p.error}[/]", "", "" if topk > 1 else None)
+            table.add_row(name, f"[red]error: {p.error}[/]", "", *([""] * sets), *([""] * (topk > 1)))
             continue
         best = p.predictions[0]
         label = f"[dark_orange]unknown[/] (best guess: {best['label']})" if p.unknown else best["label"]
         cells = [name, label, f"{best['probability']:.3f}"]
+        if sets:
+            cells.append(set_cell(p.prediction_set))
         if topk > 1:
             cells.append(", ".join(f"{q['label']} {q['probability']:.2f}" for q in p.predictions[1:]))
         table.add_row(*cells)
     console.print(table)
     if len(predictions) > TABLE_ROWS:
         console.print(f"... and {len(predictions) - TABLE_ROWS} more", highlight=False)
+
+
+def set_cell(labels: list[str] | None) -> str:
+    """A prediction set for the table: its labels (one = confident, several = ambiguous)."""
+    if labels is None:
+        return ""
+    if not labels:
+        return "(none needed)"  # randomised sets: a very confident answer, the top-1 stands
+    return " | ".join(labels) if len(labels) <= 4 else f"{' | '.join(labels[:4])} +{len(labels) - 4}"
+
+
+def _print_set_note(predictor: object, coverage: float | None) -> None:
+    conformal = predictor.calibration.conformal  # type: ignore[attr-defined]
+    if conformal is None:
+        console.print("(no prediction sets: this bundle was trained before conformal calibration; retrain for them)")
+        return
+    level = coverage or conformal.coverage
+    kind = "per class" if conformal.mondrian else "over all classes"
+    console.print(f"set: the labels that hold the true class {level:.0%} of the time ({kind}); "
+                  "one label = confident, several = ambiguous", highlight=False)  # fmt: skip
 
 
 def _common_folder(paths: list[str]) -> str | None:

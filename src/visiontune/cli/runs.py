@@ -130,3 +130,16 @@ def compare_command(
     else:
         console.print("the configs are the same (apart from where they were written)")
     console.print(f"learning curves: [bold]{comparison.chart}[/]")
+    for run, test in zip(comparison.runs[1:], comparison.paired, strict=True):
+        console.print(paired_line(comparison.runs[0].path.name, run.path.name, test), highlight=False)
+
+
+def paired_line(first: str, other: str, test: dict | None) -> str:
+    """McNemar's verdict on two runs evaluated on the same images, in one line."""
+    if test is None:
+        return f"{first} vs {other}: not evaluated on the same images (visiontune evaluate RUN DATA for both)"
+    verdict = "differ significantly" if test["significant"] else "do not differ significantly"
+    return (
+        f"{first} vs {other}: {verdict} on {test['images']} images (McNemar p = {test['p_value']:.3g}; "
+        f"right only by {first}: {test['only_a']}, only by {other}: {test['only_b']})"
+    )

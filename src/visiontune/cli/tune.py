@@ -133,7 +133,11 @@ def _print_result(result: Any) -> None:
     if dropped:
         console.print(f"[dim]left out to fit the terminal: {', '.join(dropped)} (every column is in trials.csv)[/]")
     if result.best:
+        from visiontune.experiments.noise import within_noise_of_best
+
         console.print(f"best: trial {result.best['number']}, {result.monitor} {result.best['value']:.4f}")
+        if within_noise_of_best(result.rows, result.best, result.monitor):
+            console.print("~ : within noise of the best (inside its 95% interval on these validation images)")
     for name, path in result.files.items():
         console.print(f"{name}: [bold]{path}[/]")
     if "best_config" in result.files:
@@ -146,12 +150,15 @@ def _trials_table(result: Any, headers: list[str], by_header: dict[str, str]) ->
     )
     for header in headers:
         table.add_column(header, justify="left" if header in ("state", "method", "backbone", "augment") else "right")
+    from visiontune.experiments.noise import within_noise_of_best
+
     best = result.best["number"] if result.best else None
+    noise = within_noise_of_best(result.rows, result.best, result.monitor)
     for row in result.rows:
         cells = {
             "#": f"[bold]{row['number']}[/]" if row["number"] == best else str(row["number"]),
             "state": row["state"],
-            "value": "-" if row["value"] is None else f"{row['value']:.4f}",
+            "value": "-" if row["value"] is None else f"{row['value']:.4f}" + (" ~" if row["number"] in noise else ""),
             "s/epoch": "-" if row.get("epoch_s") is None else f"{row['epoch_s']:.1f}",
             **{header: _cell(row.get(name)) for header, name in by_header.items()},
         }

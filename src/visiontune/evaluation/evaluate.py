@@ -28,9 +28,12 @@ from visiontune.bundle import BundleMeta, resolve_bundle_path
 from visiontune.config import check_choice, check_range
 from visiontune.data.loader import ImageItems
 from visiontune.data.sources import Sample
+from visiontune.embedding import logits_and_embeddings
 from visiontune.errors import DatasetError
 from visiontune.evaluation import figures, gradcam
-from visiontune.evaluation.ood import ood_metrics, ood_samples
+from visiontune.evaluation.answers import write_answers
+from visiontune.evaluation.intervals import accuracy_intervals, set_coverage
+from visiontune.evaluation.ood import ood_metrics, ood_samples, ood_score_values
 from visiontune.evaluation.report import write_report
 from visiontune.evaluation.selection import SPLIT_CHOICES, Selection, sample_path, select_images
 from visiontune.evaluation.summary import evaluation_metrics, sample_losses, unknown_summary
@@ -74,6 +77,8 @@ class EvalResult:
     paths: list[str]  # (N,) their files
     ood_logits: torch.Tensor | None = None  # (M, K) for the --ood images that decoded
     ood_paths: list[str] = field(default_factory=list)
+    embeddings: torch.Tensor | None = None  # (N, D), (M, D): when the bundle has the k-NN detector
+    ood_embeddings: torch.Tensor | None = None
 
     @property
     def report(self) -> Path:
@@ -87,6 +92,7 @@ class Scored:
     logits: torch.Tensor  # (N, K) float32
     targets: torch.Tensor  # (N,)
     indices: torch.Tensor  # (N,) positions in the dataset
+    embeddings: torch.Tensor | None = None  # (N, D) when the bundle has the k-NN detector
 
     @classmethod
     def of(
@@ -100,8 +106,12 @@ class Scored:
         """Score `dataset` through the predictor's own loader and forward pass: exactly what predict serves."""
         runner = predictor.runner
         loader = runner.loader(dataset, batch_size=config.batch_size, num_workers=config.num_workers)
-        scored = runner.outputs(loader, progress=progress)
-        return cls(scored.outputs, torch.as_tensor(targets, dtype=torch.long)[scored.indices], scored.indices)
+        forward = logits_and_embeddings(predictor.model) if predictor.can_embed else None  # one pass for both
+        scored = runner.outputs(loader, forward=forward, progress=progress)
+        logits, embedded = scored.outputs[:, : predictor.num_classes], None
+        if forward is not None:
+            embedded = scored.outputs[:, predictor.num_classes :]
+        return cls(logits, torch.as_tensor(targets, dtype=torch.long)[scored.indices], scored.indices, embedded)
 
 
 def evaluate(
@@ -139,6 +149,8 @@ def evaluate(
     if len(scored.targets) == 0:
         raise DatasetError(f"{selection.data.root}: none of the {len(dataset)} selected images could be decoded")
     metrics = _metrics(scored, meta, selection, bundle_dir, data)
+    metrics["intervals"] = accuracy_intervals(scored.logits.argmax(dim=1), scored.targets, classes=meta.classes)
+    metrics["prediction_sets"] = set_coverage(predictor.calibration, scored.logits, scored.targets, meta.classes)
     calibrated = meta.calibration.probabilities(scored.logits)  # the probabilities predict reports
     _write_basics(out_dir, scored, calibrated, metrics, samples, meta.classes)
     metrics["top_losses"] = _top_losses(predictor, dataset, scored, calibrated, out_dir, config.top_losses)
@@ -151,9 +163,10 @@ def evaluate(
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_report(out_dir, metrics, run=run, meta=meta, notes=selection.notes)
     paths = [sample_path(selection.data.samples[int(i)]) for i in scored.indices]
-    result = EvalResult(out_dir, metrics, scored.logits, scored.targets, paths)
+    write_answers(out_dir, paths, scored.targets, scored.logits.argmax(dim=1), meta.classes)
+    result = EvalResult(out_dir, metrics, scored.logits, scored.targets, paths, embeddings=scored.embeddings)
     if unknown is not None:
-        result.ood_logits = unknown.logits
+        result.ood_logits, result.ood_embeddings = unknown.logits, unknown.embeddings
         result.ood_paths = [sample_path(ood[int(i)]) for i in unknown.indices]
     return result
 
@@ -193,7 +206,7 @@ def _metrics(
         **evaluation_metrics(scored.logits, scored.targets, classes=meta.classes, temperature=temperature),
     }
     metrics["calibration_fitted"] = meta.calibration.fitted  # older bundles: T = 1, no threshold
-    metrics["unknown"] = unknown_summary(scored.logits, scored.targets, meta.calibration)
+    metrics["unknown"] = unknown_summary(scored.logits, scored.targets, meta.calibration, embeddings=scored.embeddings)
     return metrics
 
 
@@ -264,9 +277,11 @@ def _ood(
     if len(unknown.targets) == 0:
         raise DatasetError(f"{config.ood}: none of its {len(samples)} images could be decoded")
     calibration = predictor.calibration
-    result = {"folder": str(config.ood), **ood_metrics(scored.logits, unknown.logits, calibration)}
+    embedded = (scored.embeddings, unknown.embeddings)
+    result = {"folder": str(config.ood), **ood_metrics(scored.logits, unknown.logits, calibration, embedded)}
     figures.plot_ood_scores(
-        calibration.scores(scored.logits), calibration.scores(unknown.logits),
+        ood_score_values(scored.logits, calibration, scored.embeddings),
+        ood_score_values(unknown.logits, calibration, unknown.embeddings),
         score=result["score"], threshold=result["threshold"], path=out_dir / "ood_scores.png",
     )  # fmt: skip
     return result, unknown

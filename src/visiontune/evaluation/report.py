@@ -155,6 +155,7 @@ def _summary(metrics: dict[str, Any], notes: list[str]) -> str:
     if metrics.get("undecodable"):
         lines.append(f"{metrics['undecodable']} selected files could not be decoded and were left out")
     lines.append(_unknown_line(metrics.get("unknown") or {}))
+    lines += [interval_line(metrics.get("intervals") or {}), set_line(metrics.get("prediction_sets") or {})]
     items = "".join(f"<li>{_e(line[:1].upper() + line[1:])}</li>" for line in lines if line)
     return (
         f'<section id="summary"><h2>Summary</h2><div class="cards">{html_cards}</div>'
@@ -172,9 +173,36 @@ def _unknown_line(unknown: dict[str, Any]) -> str:
     )
 
 
+def interval_line(intervals: dict[str, Any]) -> str:
+    """The 95% intervals of accuracy and balanced accuracy, in words."""
+    if not intervals:
+        return ""
+    (a_low, a_high), (b_low, b_high) = intervals["accuracy"], intervals["balanced_accuracy"]
+    return (
+        f"95% intervals: accuracy {_pct(a_low)} to {_pct(a_high)} (Wilson), balanced accuracy {_pct(b_low)} to "
+        f"{_pct(b_high)} (bootstrap over images): a difference smaller than these is noise on this many images."
+    )
+
+
+def set_line(sets: dict[str, Any]) -> str:
+    """How the conformal prediction sets covered these images."""
+    if "coverage" not in sets:
+        return f"Prediction sets: {sets['note']}." if sets.get("note") else ""
+    low, high = sets["interval"]
+    kind = "per class (Mondrian)" if sets["mondrian"] else "over all classes"
+    return (
+        f"Prediction sets (target {_pct(sets['target'])} coverage, {kind}): the true class was in the set for "
+        f"{_pct(sets['coverage'])} of these images (95% interval {_pct(low)} to {_pct(high)}); mean set size "
+        f"{sets['mean_size']:.2f}, {_pct(sets['single'])} single-label."
+    )
+
+
 def _per_class(metrics: dict[str, Any]) -> str:
     head = "<tr><th>class</th>" + "".join(f'<th class="n">{c}</th>' for c in ("precision", "recall", "F1", "support"))
-    rows = [_class_row(name, ["per_class", name], metrics) for name in metrics["per_class"]]
+    recall = (metrics.get("intervals") or {}).get("recall") or {}
+    if recall:
+        head += '<th class="n">recall, 95% interval</th>'
+    rows = [_class_row(name, ["per_class", name], metrics, interval=recall.get(name)) for name in metrics["per_class"]]
     rows += [
         _class_row(label, [key], metrics, total=True)
         for label, key in (("macro average", "macro_avg"), ("weighted average", "weighted_avg"))
@@ -186,9 +214,13 @@ def _per_class(metrics: dict[str, Any]) -> str:
     )
 
 
-def _class_row(label: str, path: list[str], metrics: dict[str, Any], *, total: bool = False) -> str:
+def _class_row(
+    label: str, path: list[str], metrics: dict[str, Any], *, total: bool = False, interval: list | None = None
+) -> str:
     cells = "".join(_bar_cell(metrics, [*path, k]) for k in ("precision", "recall", "f1"))
     support = f'<td class="n">{_num(metrics, [*path, "support"], "int")}</td>'
+    if interval is not None:
+        support += f'<td class="n">{_pct(interval[0])} to {_pct(interval[1])}</td>'
     return f"<tr{' class=total' if total else ''}><td>{_e(label)}</td>{cells}{support}</tr>"
 
 

@@ -99,17 +99,20 @@ def sample_losses(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -probs.double().gather(1, targets.long()[:, None]).squeeze(1).clamp_min(1e-12).log()
 
 
-def unknown_summary(logits: torch.Tensor, targets: torch.Tensor, calibration: Calibration) -> dict[str, Any]:
+def unknown_summary(
+    logits: torch.Tensor, targets: torch.Tensor, calibration: Calibration, *, embeddings: torch.Tensor | None = None
+) -> dict[str, Any]:
     """How the bundle's "unknown" threshold treats these labelled images: the share it would withhold.
 
     `accuracy_answered` is the accuracy on the images above the threshold, the ones predict answers.
     """
-    threshold = calibration.threshold()
-    result: dict[str, Any] = {"score": calibration.score, "threshold": threshold}
+    score = calibration.score if embeddings is not None or calibration.score != "knn" else "msp"
+    threshold = calibration.threshold(score)
+    result: dict[str, Any] = {"score": score, "threshold": threshold}
     if threshold is None:
         result["note"] = "the bundle stores no unknown threshold (it predates calibration, or had nothing to fit on)"
         return result
-    answered = ~calibration.is_unknown(logits)
+    answered = ~calibration.is_unknown(logits, score, embeddings=embeddings)
     correct = logits.argmax(dim=1) == targets
     result["flagged"] = float((~answered).double().mean()) if len(answered) else float("nan")
     result["accuracy_answered"] = float(correct[answered].double().mean()) if answered.any() else float("nan")

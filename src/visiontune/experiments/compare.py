@@ -6,11 +6,12 @@ and faster", the differences answer "what did I change" without diffing YAML by 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from visiontune.errors import ConfigError
+from visiontune.evaluation.answers import paired_test, read_answers
 from visiontune.experiments.charts import plot_learning_curves
 from visiontune.runs.folder import RunFolder
 from visiontune.runs.summary import RunSummary, read_run
@@ -25,6 +26,7 @@ class Comparison:
     runs: list[RunSummary]
     differences: dict[str, list[Any]]
     chart: Path
+    paired: list[dict[str, Any] | None] = field(default_factory=list)  # McNemar: the first run vs each other
 
 
 def compare_runs(paths: list[str | Path], *, out: str | Path = "compare.png") -> Comparison:
@@ -45,7 +47,9 @@ def compare_runs(paths: list[str | Path], *, out: str | Path = "compare.png") ->
     configs = [_flatten(f.config().to_dict()) for f in folders]  # older layouts read as this release's
     curves = [(_label(run, runs), RunFolder(run.path).epochs(), run) for run in runs]
     plot_learning_curves(curves, Path(out))
-    return Comparison(runs, config_differences(configs), Path(out))
+    answers = [read_answers(f.eval_dir) for f in folders]  # from `visiontune evaluate RUN DATA`
+    paired = [paired_test(answers[0], other) for other in answers[1:]]
+    return Comparison(runs, config_differences(configs), Path(out), paired)
 
 
 def config_differences(configs: list[dict[str, Any]]) -> dict[str, list[Any]]:

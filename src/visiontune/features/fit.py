@@ -87,12 +87,16 @@ def fit_features(p: Prepared, hooks: Hooks) -> Fitted:
     def logits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         return kept[split], torch.as_tensor(embedded.y[split])
 
+    def embeddings(split: str) -> torch.Tensor:  # train: the plain view only, not the augmented copies
+        return torch.as_tensor(embedded.x[split][: len(p.data.split(split))])
+
     return Fitted(
         model,
         logits,
         best_head=best.name,
         results={"best_head": best.name, "heads": rows, "extraction": embedded.summary()},
         bundle_training={"heads": rows},
+        embeddings=embeddings,
     )
 
 

@@ -25,11 +25,13 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from visiontune.bundle import BundleMeta, load_bundle, resolve_bundle_path
-from visiontune.calibration import Calibration
+from visiontune.calibration import FEATURE_SCORES, Calibration
 from visiontune.config import check_choice
+from visiontune.conformal import check_coverage
 from visiontune.data.images import DEFAULT_MAX_PIXELS
 from visiontune.data.loader import Batch, ImageInput, ImageItems
 from visiontune.data.transforms import Preprocessing, pixel_transform
+from visiontune.embedding import has_embeddings, logits_and_embeddings
 from visiontune.errors import BundleError, ConfigError, ImageError, ModelError
 from visiontune.inference import Inference
 
@@ -49,6 +51,9 @@ class Prediction:
     unknown: bool = False
     error: str | None = None
     score: float | None = None  # the unknown score (max probability for "msp"), for the curious
+    prediction_set: list[str] | None = None  # conformal set, most probable first (None: the bundle has none)
+    score_name: str | None = None  # which unknown score `score` is
+    threshold: float | None = None  # below it: unknown
 
     @property
     def label(self) -> str | None:
@@ -61,7 +66,15 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object predict --format json and the HTTP service return for one input."""
-        return {"path": self.path, "predictions": self.predictions, "unknown": self.unknown, "error": self.error}
+        return {
+            "path": self.path,
+            "predictions": self.predictions,
+            "prediction_set": self.prediction_set,
+            "unknown": self.unknown,
+            "unknown_score": None if self.error else {
+                "name": self.score_name, "value": self.score, "threshold": self.threshold},
+            "error": self.error,
+        }  # fmt: skip
 
 
 class Predictor:
@@ -158,18 +171,20 @@ class Predictor:
         num_workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         on_batch: Callable[[int], None] | None = None,
+        coverage: float | None = None,
     ) -> list[Prediction]:
         """One Prediction per input, in order; unreadable inputs get `error` set instead of raising.
 
         `tta` averages the probabilities of the image, its mirror, a centre zoom and the zoom's
-        mirror. `unknown` flags inputs whose confidence is below the bundle's calibrated threshold
-        (`unknown_score` "msp" (default) or "energy"); `on_batch(n)` reports progress.
+        mirror. `unknown` flags inputs whose score is below the bundle's calibrated threshold
+        (`unknown_score` "knn", "msp" or "energy"; the bundle's own by default); `coverage` is the
+        conformal sets' (the bundle's, 0.9, by default); `on_batch(n)` reports progress.
         """
         if topk < 1:
             raise ConfigError(f"`topk` must be at least 1. Received: topk={topk}")
         items = _as_list(images)
-        score = unknown_score or self.calibration.score
-        self.calibration.threshold(score)  # a bad score name fails before any work
+        score = self.resolve_score(unknown_score)  # a bad score name fails before any work
+        coverage = None if coverage is None else check_coverage(coverage)
         results: list[Prediction | None] = [None] * len(items)
         for batch in self._batches(items, batch_size, num_workers, max_pixels):
             for position, reason in batch.failures:
@@ -177,7 +192,9 @@ class Predictor:
             if batch.pixels is not None:
                 positions = batch.indices.tolist()
                 paths = [_path_of(items[position]) for position in positions]
-                ranked = self._rank(batch.pixels, paths, tta=tta, topk=topk, score=score, unknown=unknown)
+                ranked = self._rank(
+                    batch.pixels, paths, tta=tta, topk=topk, score=score, unknown=unknown, coverage=coverage
+                )
                 for position, prediction in zip(positions, ranked, strict=True):
                     results[position] = prediction
             if on_batch:
@@ -185,7 +202,13 @@ class Predictor:
         return [r for r in results if r is not None]
 
     def predict_pixels(
-        self, pixels: torch.Tensor, *, topk: int = 5, unknown: bool = True, unknown_score: str | None = None
+        self,
+        pixels: torch.Tensor,
+        *,
+        topk: int = 5,
+        unknown: bool = True,
+        unknown_score: str | None = None,
+        coverage: float | None = None,
     ) -> list[Prediction]:
         """Predictions for a (B, H, W, 3) uint8 batch already at model size, in one forward pass.
 
@@ -194,8 +217,29 @@ class Predictor:
         """
         if topk < 1:
             raise ConfigError(f"`topk` must be at least 1. Received: topk={topk}")
-        score = unknown_score or self.calibration.score
-        return self._rank(pixels, [None] * len(pixels), topk=topk, score=score, unknown=unknown)
+        score = self.resolve_score(unknown_score)
+        coverage = None if coverage is None else check_coverage(coverage)
+        return self._rank(pixels, [None] * len(pixels), topk=topk, score=score, unknown=unknown, coverage=coverage)
+
+    def resolve_score(self, requested: str | None = None) -> str:
+        """The unknown score to use: `requested`, else the bundle's; "knn" falls back to "msp" only when not asked for.
+
+        The k-NN score needs the detector's bank and the image's embedding: an ONNX graph without
+        its embedding output, or a bundle from before the detector, can't give it.
+        """
+        name = requested or self.calibration.score
+        self.calibration.threshold(name)  # a bad name: ConfigError
+        if name in FEATURE_SCORES and not self.can_embed:
+            if requested:
+                raise ConfigError(self.calibration.feature_score_missing(name))
+            log.info("%s; using msp", self.calibration.feature_score_missing(name))
+            return "msp"
+        return name
+
+    @property
+    def can_embed(self) -> bool:
+        """Whether this model gives embeddings and a detector is loaded (the "knn" score works)."""
+        return self.calibration.detector is not None and has_embeddings(self.model)
 
     def _rank(
         self,
@@ -206,12 +250,22 @@ class Predictor:
         score: str,
         unknown: bool,
         tta: bool = False,
+        coverage: float | None = None,
     ) -> list[Prediction]:
-        """One forward pass: calibrated top-k per row, flagged unknown below the calibrated threshold of `score`."""
-        logits, probs = self._calibrated(pixels, tta=tta)
-        # MSP from the (view-averaged) probabilities; other scores from the (averaged) logits
-        scores = probs.max(dim=1).values if score == "msp" else self.calibration.scores(logits, score)
+        """One forward pass: calibrated top-k and conformal set per row; unknown below the threshold of `score`."""
+        embedded = None
+        if score in FEATURE_SCORES:
+            logits, probs, embedded = self._calibrated_embedded(pixels, tta=tta)
+        else:
+            logits, probs = self._calibrated(pixels, tta=tta)
+        # MSP from the (view-averaged) probabilities; other scores from the (averaged) logits or embeddings
+        if score == "msp":
+            scores = probs.max(dim=1).values
+        else:
+            scores = self.calibration.scores(logits, score, embeddings=embedded)
         flags = self.calibration.flag(scores, score) if unknown else torch.zeros(len(scores), dtype=torch.bool)
+        threshold = self.calibration.threshold(score)
+        sets = self.calibration.prediction_sets(probs, coverage=coverage) if self.calibration.conformal else None
         top_p, top_i = probs.topk(min(topk, self.num_classes), dim=1)
         finite = torch.isfinite(probs).all(dim=1) & torch.isfinite(scores)  # (B,)
         results = []
@@ -223,8 +277,16 @@ class Predictor:
                 {"label": self.classes[i], "probability": round(float(p), 6)}
                 for p, i in zip(top_p[row].tolist(), top_i[row].tolist(), strict=True)
             ]
-            results.append(Prediction(path, ranked, bool(flags[row]), None, float(scores[row])))
+            labels = None if sets is None else self._set_labels(sets[row], probs[row])
+            results.append(
+                Prediction(path, ranked, bool(flags[row]), None, float(scores[row]), labels, score, threshold)
+            )
         return results
+
+    def _set_labels(self, members: torch.Tensor, probs: torch.Tensor) -> list[str]:
+        """The labels of one conformal set, most probable first."""
+        chosen = members.nonzero().flatten().tolist()
+        return [self.classes[i] for i in sorted(chosen, key=lambda i: -float(probs[i]))]
 
     def predict_proba(self, images: ImageInput | Iterable[ImageInput], *, tta: bool = False) -> np.ndarray:
         """(N, K) calibrated class probabilities; raises ImageError on the first input that can't be read."""
@@ -251,6 +313,20 @@ class Predictor:
             probs = probs.view(4, -1, probs.shape[1]).mean(0)
             logits = logits.view(4, -1, logits.shape[1]).mean(0)
         return logits, probs
+
+    def _calibrated_embedded(
+        self, pixels: torch.Tensor, *, tta: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, probabilities, embeddings) from one forward pass; with `tta` each averaged over the views."""
+        forward = logits_and_embeddings(self.model)
+        if tta:
+            outputs = self.runner(pixels, forward=lambda images: forward(torch.cat(tta_views(images))))
+            outputs = outputs.view(4, -1, outputs.shape[1])
+        else:
+            outputs = self.runner(pixels, forward=forward).unsqueeze(0)
+        logits, embedded = outputs[..., : self.num_classes], outputs[..., self.num_classes :]
+        probs = self.calibration.probabilities(logits.flatten(0, 1)).view(logits.shape).mean(0)
+        return logits.mean(0), probs, embedded.mean(0)
 
     def logits(self, pixels: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
         """Float32 logits on the CPU for a (B, H, W, 3) uint8 batch at model size (4B rows with `tta`)."""

@@ -129,6 +129,8 @@ class PredictionOut(BaseModel):
     predictions: list[Ranked]
     unknown: bool
     error: str | None
+    prediction_set: list[str] | None = None  # conformal set (None: the bundle has no conformal data)
+    unknown_score: dict[str, Any] | None = None  # {"name", "value", "threshold"}
 
 
 class ErrorOut(BaseModel):
@@ -232,7 +234,8 @@ class Service:
     def info(self) -> dict[str, Any]:
         predictor, meta = self.predictor, self.predictor.meta
         calibration = predictor.calibration
-        score, threshold = calibration.score, calibration.threshold()
+        score = predictor.resolve_score()
+        threshold = calibration.threshold(score)
         return json_safe(
             {
                 "model": predictor.name,
@@ -245,6 +248,13 @@ class Service:
                 "preprocessing": predictor.preprocessing.to_dict(),
                 "metrics": meta.metrics if meta else {},
                 "calibration": {"temperature": calibration.temperature, "unknown_score": score, "threshold": threshold},
+                "conformal": None
+                if calibration.conformal is None
+                else {
+                    "coverage": calibration.conformal.coverage,
+                    "method": calibration.conformal.method,
+                    "mondrian": calibration.conformal.mondrian,
+                },
                 "topk": self.config.topk,
                 "limits": {
                     "max_upload_mb": self.config.max_upload_mb,

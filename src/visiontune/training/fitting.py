@@ -58,6 +58,7 @@ class Fitted:
     bundle_training: dict[str, Any] = field(default_factory=dict)  # more bundle.json `training` fields
     weights: Callable[[], Any] = nullcontext
     elapsed_before: float = 0.0  # seconds earlier sessions of a resumed run took (to their last checkpoint)
+    embeddings: Callable[[str], torch.Tensor] | None = None  # (N, D) of a split, when the fitter has them
 
 
 @dataclass

@@ -44,6 +44,7 @@ from visiontune.training.checkpoint import CheckpointError
 from visiontune.training.events import Callback
 from visiontune.training.finetune import fit_finetune
 from visiontune.training.fitting import Fitted, Hooks, Prepared
+from visiontune.training.novelty import add_detector
 from visiontune.training.trackers import Tracking
 from visiontune.training.trainer import make_accelerator
 
@@ -266,6 +267,8 @@ def finish(p: Prepared, fitted: Fitted, started: float) -> TrainResult:
     """Score valid (and test) with the kept model, calibrate on valid, write the bundle and results.json."""
     logits, targets = fitted.logits("valid")
     calibration = calibrate(logits, targets)
+    if p.is_main:
+        calibration = add_detector(p, fitted, calibration)
     elapsed = fitted.elapsed_before + time.perf_counter() - started  # every session of a resumed run
     classes = len(p.data.classes)
     metrics = split_metrics("valid", logits, targets, classes, calibration.temperature)

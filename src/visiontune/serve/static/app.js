@@ -77,6 +77,7 @@ function render(prediction) {
   $("verdict-kicker").textContent = prediction.unknown ? "Best guess, for what it is worth" : "This looks like";
   $("top-label").textContent = pretty(best.label);
   $("top-sub").textContent = `${percent(best.probability)} probability`;
+  renderSet(prediction.prediction_set);
   $("verdict").hidden = false;
   const rows = prediction.predictions.map((entry, index) => {
     const row = document.createElement("li");
@@ -97,6 +98,25 @@ function render(prediction) {
     return row;
   });
   $("bars").replaceChildren(...rows);
+}
+
+// The conformal set: the labels that hold the true class with the bundle's coverage (e.g. 90%).
+function renderSet(labels) {
+  const set = $("set");
+  set.hidden = labels === null || labels === undefined;
+  if (set.hidden) return;
+  const coverage = state.info && state.info.conformal ? Math.round(100 * state.info.conformal.coverage) : 90;
+  set.classList.toggle("is-ambiguous", labels.length > 1);
+  if (labels.length === 0) {
+    $("set-kicker").textContent = `${coverage}% set:`;
+    $("set-labels").textContent = "no other label needed (very confident)";
+  } else if (labels.length === 1) {
+    $("set-kicker").textContent = `Confident: the ${coverage}% set is one label:`;
+    $("set-labels").textContent = pretty(labels[0]);
+  } else {
+    $("set-kicker").textContent = `Ambiguous: the ${coverage}% set has ${labels.length} labels:`;
+    $("set-labels").textContent = labels.map(pretty).join(" · ");
+  }
 }
 
 function wireDrop() {
