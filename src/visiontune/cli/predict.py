@@ -50,6 +50,14 @@ def predict_command(
     overwrite: Annotated[
         bool, Opt("--overwrite", help="Replace an existing --out, predictions.csv or --grid file.")
     ] = False,
+    ray: Annotated[
+        str | None, Opt(help="Run on Ray: auto (this machine's cluster, or a local one) or a head's host:port.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, Opt(min=1, help="--ray: model workers (default: as the cluster allows).")
+    ] = None,
+    num_gpus_per_worker: Annotated[float, Opt(min=0, help="--ray: GPUs per model worker (0: CPU workers).")] = 0.0,
+    num_cpus_per_worker: Annotated[float, Opt(min=0.01, help="--ray: CPUs per model worker.")] = 1.0,
 ) -> int:
     """Predict the class of each image with a trained model (or a backbone's ImageNet classes)."""
     from visiontune.errors import ConfigError, DatasetError
@@ -57,6 +65,14 @@ def predict_command(
 
     if output_format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}. Received: {output_format!r}")
+    if ray is not None:  # Parquet shards in --out, from workers on a Ray cluster (cli/distributed.py)
+        if output_format != "table" or grid is not None or device != "auto":
+            raise ConfigError("--ray writes Parquet shards to --out: --format, --grid and --device don't apply")
+        from visiontune.cli import distributed
+
+        options = distributed.ray_options(ray, concurrency, num_gpus_per_worker, num_cpus_per_worker, batch_size)
+        return distributed.predict_on_ray(model, inputs, out, options, topk=topk, tta=tta, unknown=unknown,
+                                          unknown_score=unknown_score, backend=backend)  # fmt: skip
     expanded = expand_inputs(inputs)
     csv_out = out or (Path(DEFAULT_CSV) if output_format == "table" and expanded.folders else None)
     for target, option in ((csv_out, "--out"), (grid, "--grid")):
