@@ -17,7 +17,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,41 +57,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def ray_cluster(log: Path) -> Iterator[str]:
-    """A head and a worker node on loopback, one CPU each, as their own process groups; all killed after."""
+@dataclass
+class Cluster:
+    address: str
+    sessions: list[int]  # sessions of the two `ray start`s: every Ray process of this cluster is in one
+
+    def processes(self, name: str = "") -> list[int]:
+        """PIDs of this cluster's processes whose command line (a Ray actor's: its title) holds `name`."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            with suppress(OSError, ValueError):
+                title = (entry / "cmdline").read_bytes().decode(errors="replace")
+                if name in title and os.getsid(int(entry.name)) in self.sessions:
+                    found.append(int(entry.name))
+        return found
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A head and a worker node on loopback, one CPU each, this process connected; every Ray process killed after."""
+    import ray
+
     temp = tempfile.mkdtemp(prefix="vt", dir="/tmp")  # unix socket paths must stay short
-    port, groups = _free_port(), []
+    port, sessions = _free_port(), []
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--object-store-memory=100000000", "--disable-usage-stats"]
     commands = [
         [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}", *common],
         [RAY, "start", f"--address=127.0.0.1:{port}", *common],
     ]
+    log = tmp_path_factory.mktemp("ray") / "ray.log"
+    saved = os.environ.get("RAY_AUTH_MODE")
     try:
         with log.open("w") as output:
             for command in commands:
                 started = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=_env(),
                                            start_new_session=True)  # fmt: skip
-                groups.append(started.pid)  # its daemons stay in this process group
+                sessions.append(started.pid)  # its daemons and their workers stay in this session
                 assert started.wait(timeout=120) == 0, log.read_text()[-3000:]
-        yield f"127.0.0.1:{port}"
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        cluster = Cluster(f"127.0.0.1:{port}", sessions)
+        yield cluster
     finally:
-        for group in groups:
+        ray.shutdown()
+        os.environ.pop("RAY_AUTH_MODE") if saved is None else os.environ.update(RAY_AUTH_MODE=saved)
+        for pid in Cluster("", sessions).processes():
             with suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _workers(groups_of: str) -> list[int]:
-    """PIDs of the model workers (Ray actors running PredictWorker)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and groups_of in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def assert_same_rows(rows: list[dict], expected: list[dict]) -> None:
@@ -109,9 +122,9 @@ def assert_same_rows(rows: list[dict], expected: list[dict]) -> None:
             assert got["label"] == want["label"] or got["label"] in tied, (row, reference)
 
 
-def _kill_a_worker_once_shards_appear(out: Path, stop: threading.Event, killed: list[int]) -> None:
+def _kill_a_worker_once_shards_appear(cluster: Cluster, out: Path, stop: threading.Event, killed: list[int]) -> None:
     while not stop.is_set() and not killed:
-        workers = _workers("PredictWorker") if len(list(out.glob("part-*.parquet"))) >= 2 else []
+        workers = cluster.processes("PredictWorker") if len(list(out.glob("part-*.parquet"))) >= 2 else []
         if workers:
             os.kill(workers[0], signal.SIGKILL)  # mid-job: Ray restarts it and runs its batch again
             killed.append(workers[0])
@@ -119,41 +132,57 @@ def _kill_a_worker_once_shards_appear(out: Path, stop: threading.Event, killed: 
 
 
 def test_two_node_cluster_rows_equal_one_process_a_killed_worker_and_a_restart_lose_nothing(
-    finetuned_run: Path, tmp_path: Path, fashion: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, finetuned_run: Path, tmp_path: Path, fashion: dict[str, np.ndarray]
 ) -> None:
-    import ray
-
     from visiontune.cli.main import app
 
-    paths = _write_images(tmp_path / "images", fashion, 300)
+    paths = _write_images(tmp_path / "images", fashion, 200)
     expected = sorted((p.to_dict() for p in visiontune.load(finetuned_run).predict(paths)), key=lambda r: r["path"])
     out = tmp_path / "out"
+    arguments = ["predict", str(finetuned_run), str(tmp_path / "images"), "--ray", cluster.address, "--out", str(out),
+                 "--batch-size", "8", "--concurrency", "2"]  # fmt: skip
     stop, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_a_worker_once_shards_appear, args=(out, stop, killed), daemon=True)
-    with ray_cluster(tmp_path / "ray.log") as address:
-        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-        arguments = ["predict", str(finetuned_run), str(tmp_path / "images"), "--ray", address, "--out", str(out),
-                     "--batch-size", "8", "--concurrency", "2"]  # fmt: skip
-        try:
-            killer.start()
-            assert app(arguments, standalone_mode=False) == 3  # zz-broken.png is an error row; the rest predicted
-            stop.set()
-            assert killed, "no worker was killed mid-job"
-            assert_same_rows(read_predictions(str(out)), expected)
-            lost = sorted(out.glob("part-*.parquet"))[::3]  # as if the job had stopped before writing these
-            redone = {p for shard in lost for p in pq.read_table(shard, columns=["path"]).column("path").to_pylist()}
-            for shard in lost:
-                shard.unlink()
-            assert app(arguments, standalone_mode=False) == (3 if paths[-1] in redone else 0)
-        finally:
-            stop.set()
-            ray.shutdown()
+    killer = threading.Thread(target=_kill_a_worker_once_shards_appear, args=(cluster, out, stop, killed), daemon=True)
+    killer.start()
+    try:
+        assert app(arguments, standalone_mode=False) == 3  # zz-broken.png is an error row; the rest predicted
+    finally:
+        stop.set()
+    assert killed, "no worker was killed mid-job"
+    assert_same_rows(read_predictions(str(out)), expected)
+    lost = sorted(out.glob("part-*.parquet"))[::3]  # as if the job had stopped before writing these
+    redone = {p for shard in lost for p in pq.read_table(shard, columns=["path"]).column("path").to_pylist()}
+    for shard in lost:
+        shard.unlink()
+    assert app(arguments, standalone_mode=False) == (3 if paths[-1] in redone else 0)
     written = [p for table in Shards(str(out)).tables(columns=["path"]) for p in table.column("path").to_pylist()]
     assert Counter(written) == Counter(paths)  # every input exactly once
     rows = read_predictions(str(out))
     assert_same_rows(rows, expected)
     broken = [r for r in rows if r["error"]]
     assert [r["path"] for r in broken] == [paths[-1]] and not broken[0]["predictions"]
+
+
+@pytest.mark.slow
+def test_embed_on_the_cluster_fills_the_feature_cache_that_training_reads(
+    cluster: Cluster, trained_data: Path, tmp_path: Path
+) -> None:
+    from visiontune.cli.main import app
+    from visiontune.features import extract_features
+    from visiontune.models import create_classifier
+
+    folder = trained_data / "test" / "trouser"
+    arguments = ["embed", str(folder), "--ray", cluster.address, "--out", str(tmp_path / "emb"), "--image-size", "64",
+                 "--cache-dir", str(tmp_path / "cache"), "--concurrency", "2", "--batch-size", "4"]  # fmt: skip
+    assert app(arguments, standalone_mode=False) == 0
+    paths = sorted(str(p) for p in folder.glob("*.png"))
+    # what `train DATA --method features --image-size 64` extracts: every vector found, none computed
+    model = create_classifier("efficientnet_lite0", 3, image_size=64)
+    cached = extract_features(paths, model, cache=tmp_path / "cache")
+    assert (cached.extracted, cached.reused) == (0, len(paths))
+    fresh = extract_features(paths, model, cache=False).features
+    np.testing.assert_allclose(cached.features, fresh, atol=1e-4)
+    assert app(arguments, standalone_mode=False) == 0  # run again: every path is already there
 
 
 def test_a_restarted_job_skips_what_is_written_and_another_job_is_refused(tmp_path: Path) -> None:
