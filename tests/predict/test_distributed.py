@@ -154,7 +154,8 @@ def test_two_node_cluster_rows_equal_one_process_a_killed_worker_and_a_restart_l
     redone = {p for shard in lost for p in pq.read_table(shard, columns=["path"]).column("path").to_pylist()}
     for shard in lost:
         shard.unlink()
-    assert app(arguments, standalone_mode=False) == (3 if paths[-1] in redone else 0)
+    restart = [*arguments[:-1], "1"]  # --concurrency 1: one worker's start-up is enough for a third of the rows
+    assert app(restart, standalone_mode=False) == (3 if paths[-1] in redone else 0)
     written = [p for table in Shards(str(out)).tables(columns=["path"]) for p in table.column("path").to_pylist()]
     assert Counter(written) == Counter(paths)  # every input exactly once
     rows = read_predictions(str(out))
@@ -185,20 +186,20 @@ def test_embed_on_the_cluster_fills_the_feature_cache_that_training_reads(
     assert app(arguments, standalone_mode=False) == 0  # run again: every path is already there
 
 
-def test_a_restarted_job_skips_what_is_written_and_another_job_is_refused(tmp_path: Path) -> None:
-    from visiontune.predict.distributed import RayOptions, _run
+def test_a_restarted_job_skips_what_is_written_and_another_job_is_refused(finetuned_run: Path, tmp_path: Path) -> None:
+    from visiontune.predict.distributed import predict_on_ray
 
-    shards = Shards(str(tmp_path / "out"))
-    shards.claim({"task": "predict", "model": "m"})
+    out = str(tmp_path / "out")
+    assert predict_on_ray(str(finetuned_run), [], out).written == 0  # claims the folder: job.json
+    shards = Shards(out)
     rows = [{"path": "a.png", "predictions": [{"label": "x", "probability": 0.5}], "unknown": False, "error": None}]
     first = shards.write(prediction_table(rows))
     assert shards.write(prediction_table(rows)) == first  # a retried batch replaces its own shard
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["job.json", first])
-    result = _run(["a.png"], str(tmp_path / "out"), {"task": "predict", "model": "m"}, object, {}, None, RayOptions(),
-                  0, None)  # fmt: skip
-    assert (result.skipped, result.written) == (1, 0)  # nothing left: Ray is not even started
+    result = predict_on_ray(str(finetuned_run), ["a.png"], out)
+    assert (result.skipped, result.written) == (1, 0)  # nothing left to do: Ray is not even started
     with pytest.raises(ConfigError, match="another job"):
-        shards.claim({"task": "predict", "model": "other"})
+        predict_on_ray(str(finetuned_run), ["a.png"], out, topk=3)
 
 
 def test_sources_folder_glob_table_and_url_name_the_same_files(tmp_path: Path, fashion: dict[str, np.ndarray]) -> None:

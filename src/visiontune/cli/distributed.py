@@ -6,16 +6,22 @@ is imported only here and only with --ray, so `visiontune` without the `ray` ext
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from visiontune.cli.console import console, err_console, progress_bar
+from visiontune.cli.console import console, err_console, progress_bar, says_stopped
 from visiontune.cli.run_options import sections, with_run_options
 
 Opt = typer.Option
 PARTIAL_FAILURE = 3
+# the worker options of `predict --ray` and `embed`, stated once
+Concurrency = Annotated[int | None, Opt(min=1, help="--ray: model workers (default: as the cluster allows).")]
+GpusPerWorker = Annotated[float, Opt(min=0, help="--ray: GPUs per model worker (0: CPU workers).")]
+CpusPerWorker = Annotated[float, Opt(min=0.01, help="--ray: CPUs per model worker (its torch threads).")]
 EMBED_OPTIONS = ("backbone", "weights", "pretrained", "image_size", "resize", "pool", "tta", "precision")
 
 
@@ -50,7 +56,7 @@ def predict_on_ray(model: str, inputs: list[str], out: Path | None, options: Any
             "--ray writes Parquet shards: give --out FOLDER (the same command again finishes a stopped job)"
         )
     paths = list_or_refuse(inputs)
-    with progress_bar("predicting on Ray") as (advance, set_total):
+    with says_stopped(), stopped_keeps(out), progress_bar("predicting on Ray") as (advance, set_total):
         set_total(len(paths))
         result = run(model, paths, str(out), options=options, progress=advance, **settings)
     return _report(result, "predictions")
@@ -69,9 +75,9 @@ def embed_command(
     batch_size: Annotated[
         int | None, Opt(min=1, help="Images per forward pass (default 128 on GPUs, 16 on CPUs).")
     ] = None,
-    concurrency: Annotated[int | None, Opt(min=1, help="Model workers (default: as the cluster allows).")] = None,
-    num_gpus_per_worker: Annotated[float, Opt(min=0, help="GPUs per model worker (0: CPU workers).")] = 0.0,
-    num_cpus_per_worker: Annotated[float, Opt(min=0.01, help="CPUs per model worker (its torch threads).")] = 1.0,
+    concurrency: Concurrency = None,
+    num_gpus_per_worker: GpusPerWorker = 0.0,
+    num_cpus_per_worker: CpusPerWorker = 1.0,
     **options: Any,
 ) -> int:
     """Backbone embeddings of many images on a Ray cluster, for `train --method features` and label cleaning."""
@@ -82,7 +88,7 @@ def embed_command(
     typed = sections(options, EMBED_OPTIONS)
     model = ModelConfig(**{k: v for k, v in typed["model"].items() if v is not None})
     paths = list_or_refuse(data)
-    with progress_bar("embedding on Ray") as (advance, set_total):
+    with says_stopped(), stopped_keeps(out), progress_bar("embedding on Ray") as (advance, set_total):
         set_total(len(paths))
         result, recipe = embed_on_ray(
             paths,
@@ -101,6 +107,19 @@ def embed_command(
 
 
 with_run_options(embed_command, EMBED_OPTIONS)
+
+
+@contextmanager
+def stopped_keeps(out: Path) -> Iterator[None]:
+    """Ctrl-C: what was written stays, and the same command finishes the rest."""
+    from visiontune.errors import Interrupted
+
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        raise Interrupted(
+            f"stopped; the rows written so far are kept in {out}: run the same command to finish"
+        ) from exc
 
 
 def _report(result: Any, what: str) -> int:

@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from visiontune.cli import distributed
 from visiontune.cli.console import console, err_console, progress_bar
 
 Opt = typer.Option
@@ -53,11 +54,9 @@ def predict_command(
     ray: Annotated[
         str | None, Opt(help="Run on Ray: auto (this machine's cluster, or a local one) or a head's host:port.")
     ] = None,
-    concurrency: Annotated[
-        int | None, Opt(min=1, help="--ray: model workers (default: as the cluster allows).")
-    ] = None,
-    num_gpus_per_worker: Annotated[float, Opt(min=0, help="--ray: GPUs per model worker (0: CPU workers).")] = 0.0,
-    num_cpus_per_worker: Annotated[float, Opt(min=0.01, help="--ray: CPUs per model worker.")] = 1.0,
+    concurrency: distributed.Concurrency = None,
+    num_gpus_per_worker: distributed.GpusPerWorker = 0.0,
+    num_cpus_per_worker: distributed.CpusPerWorker = 1.0,
 ) -> int:
     """Predict the class of each image with a trained model (or a backbone's ImageNet classes)."""
     from visiontune.errors import ConfigError, DatasetError
@@ -68,8 +67,6 @@ def predict_command(
     if ray is not None:  # Parquet shards in --out, from workers on a Ray cluster (cli/distributed.py)
         if output_format != "table" or grid is not None or device != "auto":
             raise ConfigError("--ray writes Parquet shards to --out: --format, --grid and --device don't apply")
-        from visiontune.cli import distributed
-
         options = distributed.ray_options(ray, concurrency, num_gpus_per_worker, num_cpus_per_worker, batch_size)
         return distributed.predict_on_ray(model, inputs, out, options, topk=topk, tta=tta, unknown=unknown,
                                           unknown_score=unknown_score, backend=backend)  # fmt: skip

@@ -139,6 +139,8 @@ def predict_on_ray(
 
     if topk < 1:
         raise ConfigError(f"`topk` must be at least 1. Received: topk={topk}")
+    if backend == "onnx" and options.num_gpus_per_worker > 0:
+        raise ConfigError("the onnx backend runs on CPU workers: use --backend torch with --num-gpus-per-worker")
     predictor = load(model, device="cpu", backend=backend)  # fails here, in one line, rather than on each worker
     predictor.calibration.threshold(unknown_score or predictor.calibration.score)  # a bad score name, likewise
     source = os.path.abspath(model) if os.path.exists(model) else model

@@ -72,6 +72,7 @@ class Shards:
     def claim(self, job: dict[str, Any]) -> None:
         """Create the folder and record `job`; refuse a folder holding another job's rows."""
         text = json.dumps(job, indent=2, sort_keys=True) + "\n"
+        job = json.loads(text)  # as it reads back: tuples are lists
         if self.fs is None:
             if os.path.isfile(self.path):
                 raise ConfigError(f"{self.path} is a file; give --out a folder for the Parquet shards")
