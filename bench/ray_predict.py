@@ -19,8 +19,13 @@ paid once per job, a few seconds) and in steady state, from the first batch back
 Ray's own start (`ray.init`, once per machine in real use) is not in either. Runs alternate
 (reference, 1 worker, 2 workers, ...) and the best of each is kept: the machine is shared.
 
+`--threads 1` runs every model process single-threaded: on a machine whose cores are shared with
+other jobs (load above the core count), two spinning OpenMP threads in one process measured 5-8x
+slower than one thread (4-6 against 33-37 images/s, 2026-12-01), which would swamp both sides.
+
 Usage:
     python bench/ray_predict.py                       # 2,000 images, 3 rounds
+    python bench/ray_predict.py --threads 1 --repeats 2
     python bench/ray_predict.py --images 500 --repeats 1
 """
 
@@ -82,8 +87,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per model process (default: cores)")
     args = parser.parse_args()
     cores = available_cpus()
+    threads = args.threads or cores
+    torch.set_num_threads(threads)  # the single-process side; a Ray worker gets one per CPU it holds
     torch.manual_seed(0)
     model = create_classifier("efficientnet_lite0", 10, image_size=112)
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,21 +103,25 @@ def main() -> None:
         started = time.perf_counter()
         ray.init(num_cpus=cores, include_dashboard=False, logging_level="WARNING")
         print(f"ray.init (local, {cores} CPUs): {time.perf_counter() - started:.1f} s (not counted below)")
-        layouts = {1: RayOptions(concurrency=1, num_cpus_per_worker=cores), 2: RayOptions(concurrency=2)}
+        layouts = {1: RayOptions(concurrency=1, num_cpus_per_worker=threads), 2: RayOptions(concurrency=2)}
         single_process(predictor, paths[:64])  # warm-up
         reference: list[float] = []
         total: dict[int, list[float]] = {1: [], 2: []}
         steady: dict[int, list[float]] = {1: [], 2: []}
-        for _ in range(args.repeats):
+        for round_ in range(args.repeats):
             reference.append(single_process(predictor, paths))
+            print(f"round {round_ + 1}: single-process {reference[-1]:.1f} images/s", flush=True)
             for workers, options in layouts.items():
                 end_to_end, rate = on_ray(bundle, paths, Path(tmp) / "out", options)
                 total[workers].append(end_to_end)
                 steady[workers].append(rate)
+                print(f"round {round_ + 1}: ray, {workers} worker(s): {end_to_end:.1f} end to end, {rate:.1f} steady",
+                      flush=True)  # fmt: skip
         ray.shutdown()
         decode_ms = decode_ms_per_photo(Path(tmp) / "photos")
     print(f"device: CPU ({cores} cores, shared with other sessions); torch {torch.__version__}, ray {ray.__version__}")
-    print(f"efficientnet_lite0 bundle, 112 px; {len(paths)} Fashion-MNIST PNGs; best of {args.repeats} alternated runs")
+    print(f"efficientnet_lite0 bundle, 112 px; {len(paths)} Fashion-MNIST PNGs; best of {args.repeats} alternated runs;"
+          f" {threads} torch thread(s) in the single process and in the 1-worker job, 1 per worker with 2")  # fmt: skip
     for workers in (1, 2):
         print(f"--- predict --ray, {workers} worker(s): end to end {max(total[workers]):.1f} images/s "
               f"(runs: {rates(total[workers])})")  # fmt: skip

@@ -222,6 +222,15 @@ def test_without_ray_the_option_says_what_to_install(
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingPackageError, match=r"pip install 'visiontune\[ray\]'"):
         require_ray()
-    result = CliRunner().invoke(app, ["predict", str(finetuned_run), str(tmp_path), "--ray", "auto", "--out", "o"])
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["predict", str(finetuned_run), str(tmp_path), "--ray", "auto", "--out", str(out)])
     assert isinstance(result.exception, MissingPackageError)
-    assert not (tmp_path / "o").exists()
+    assert not out.exists()
+
+
+def test_ray_options_are_checked_before_any_work(tmp_path: Path) -> None:
+    from visiontune.cli.main import app
+
+    for extra, message in (([], "give --out FOLDER"), (["--out", "o", "--format", "json"], "don't apply")):
+        with pytest.raises(ConfigError, match=message):
+            app(["predict", "runs/none", str(tmp_path), "--ray", "auto", *extra], standalone_mode=False)
