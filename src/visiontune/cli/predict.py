@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from visiontune.cli import distributed
 from visiontune.cli.console import console, err_console, progress_bar
 
 Opt = typer.Option
@@ -58,6 +59,12 @@ def predict_command(
         float | None,
         Opt(help="Prediction sets hold the true class with this probability (default: the bundle's, 0.9)."),
     ] = None,
+    ray: Annotated[
+        str | None, Opt(help="Run on Ray: auto (this machine's cluster, or a local one) or a head's host:port.")
+    ] = None,
+    concurrency: distributed.Concurrency = None,
+    num_gpus_per_worker: distributed.GpusPerWorker = 0.0,
+    num_cpus_per_worker: distributed.CpusPerWorker = 1.0,
 ) -> int:
     """Predict the class of each image with a trained model (or a backbone's ImageNet classes)."""
     from visiontune.errors import ConfigError, DatasetError
@@ -65,6 +72,12 @@ def predict_command(
 
     if output_format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}. Received: {output_format!r}")
+    if ray is not None:  # Parquet shards in --out, from workers on a Ray cluster (cli/distributed.py)
+        if output_format != "table" or grid is not None or device != "auto":
+            raise ConfigError("--ray writes Parquet shards to --out: --format, --grid and --device don't apply")
+        options = distributed.ray_options(ray, concurrency, num_gpus_per_worker, num_cpus_per_worker, batch_size)
+        return distributed.predict_on_ray(model, inputs, out, options, topk=topk, tta=tta, unknown=unknown,
+                                          unknown_score=unknown_score, coverage=coverage, backend=backend)  # fmt: skip
     expanded = expand_inputs(inputs)
     csv_out = out or (Path(DEFAULT_CSV) if output_format == "table" and expanded.folders else None)
     for target, option in ((csv_out, "--out"), (grid, "--grid")):

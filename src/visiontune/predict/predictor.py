@@ -104,7 +104,6 @@ class Predictor:
         self.calibration = calibration if calibration is not None else Calibration()
         self.meta = meta
         self.name = name
-        self._pixels = pixel_transform(preprocessing)
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -209,17 +208,21 @@ class Predictor:
         unknown: bool = True,
         unknown_score: str | None = None,
         coverage: float | None = None,
+        tta: bool = False,
+        paths: Sequence[str | None] | None = None,
     ) -> list[Prediction]:
         """Predictions for a (B, H, W, 3) uint8 batch already at model size, in one forward pass.
 
-        For callers that decode and resize themselves, e.g. the HTTP service's dynamic batches
-        (`pixel_transform(predictor.preprocessing)` makes such pixels from an RGB image).
+        For callers that decode and resize themselves, e.g. the HTTP service's dynamic batches or
+        the Ray workers of `predict.distributed` (`model_inputs` makes such pixels from files);
+        `paths` names the rows.
         """
         if topk < 1:
             raise ConfigError(f"`topk` must be at least 1. Received: topk={topk}")
         score = self.resolve_score(unknown_score)
         coverage = None if coverage is None else check_coverage(coverage)
-        return self._rank(pixels, [None] * len(pixels), topk=topk, score=score, unknown=unknown, coverage=coverage)
+        names = list(paths) if paths is not None else [None] * len(pixels)
+        return self._rank(pixels, names, topk=topk, score=score, unknown=unknown, tta=tta, coverage=coverage)
 
     def resolve_score(self, requested: str | None = None) -> str:
         """The unknown score to use: `requested`, else the bundle's; "knn" falls back to "msp" only when not asked for.
@@ -336,9 +339,7 @@ class Predictor:
 
     def dataset(self, items: Sequence[ImageInput], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageItems:
         """`items` as the model's inputs: decoded, resized and cropped as the bundle's preprocessing says."""
-        height, width = self.preprocessing.image_size
-        # JPEGs decode at a reduced scale still twice the model size
-        return ImageItems(items, self._pixels, max_pixels=max_pixels, draft_size=(2 * width, 2 * height))
+        return model_inputs(items, self.preprocessing, max_pixels=max_pixels)
 
     def _batches(
         self, items: list[ImageInput], batch_size: int | None, num_workers: int | None, max_pixels: int
@@ -351,6 +352,26 @@ class Predictor:
 def load(source: str | Path, *, device: str | torch.device = "auto", backend: str = "torch") -> Predictor:
     """`Predictor.load`: a bundle, a run folder, a backbone name or an exported .onnx file, ready to predict."""
     return Predictor.load(source, device=device, backend=backend)
+
+
+def model_inputs(
+    items: Sequence[ImageInput],
+    preprocessing: Preprocessing,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    digest: bool = False,
+    dataset: type[ImageItems] = ImageItems,
+) -> ImageItems:
+    """`items` decoded, resized and cropped as `preprocessing` says: uint8 pixels at model size.
+
+    Without the model, so that decoding can run elsewhere (Ray's CPU tasks); `digest` adds each
+    file's sha256 (the feature cache's key); `dataset` may be an ImageItems that reads other places.
+    """
+    height, width = preprocessing.image_size
+    # JPEGs decode at a reduced scale still twice the model size
+    return dataset(
+        items, pixel_transform(preprocessing), max_pixels=max_pixels, draft_size=(2 * width, 2 * height), digest=digest
+    )
 
 
 def tta_views(images: torch.Tensor) -> list[torch.Tensor]:
