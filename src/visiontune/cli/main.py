@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from visiontune.cli import datasets, evaluate, inspect, models, predict, train
+from visiontune.cli import clean, datasets, evaluate, inspect, models, predict, train
 from visiontune.cli import export as export_cli
 from visiontune.cli import runs as runs_cli
 from visiontune.cli import serve as serve_cli
@@ -55,6 +55,7 @@ app.add_typer(runs_cli.app, name="runs")
 app.command("tune")(tune_cli.tune_command)
 app.command("export")(export_cli.export_command)
 app.command("serve")(serve_cli.serve_command)
+app.command("clean")(clean.clean_command)
 
 
 def _version(value: bool) -> None:

@@ -26,6 +26,10 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed for the split, sampling 
 Sample = Annotated[
     float, typer.Option("--sample", min=0.0, max=1.0, help="Use a stratified fraction of train/valid, e.g. 0.1.")
 ]
+Corrections = Annotated[
+    str | None,
+    typer.Option("--corrections", help="corrections.csv to apply (default: DATA's own, if any; 'none': off)."),
+]
 
 
 def data_config(
@@ -37,6 +41,7 @@ def data_config(
     valid_pct: float,
     seed: int,
     sample: float,
+    corrections: str | None = None,
 ) -> DataConfig:
     return DataConfig(
         source=source,
@@ -46,4 +51,5 @@ def data_config(
         valid_pct=valid_pct,
         seed=seed,
         sample=sample,
+        corrections=corrections,
     )

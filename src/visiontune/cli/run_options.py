@@ -82,6 +82,7 @@ RUN_OPTIONS = (
     opt("label_regex", "data", str, r"Labels from file names, e.g. '^(.+)_\d+\.jpg$'."),
     opt("group_regex", "data", str, "Keep files sharing this regex group on one side of the split."),
     opt("seed", "data", int, "Seed for the split, sampling and training."),
+    opt("corrections", "data", str, "corrections.csv to apply (default: DATA's own, if any; 'none': off)."),
 )  # fmt: skip
 SEED_SECTIONS = ("data", "train")  # --seed sets the split's seed and training's
 
