@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from visiontune.cleaning import apply_suggestions, clean
-from visiontune.config import DataConfig, RunConfig
+from visiontune.config import DataConfig, RunConfig, TrainConfig
 from visiontune.data.demo import export_dataset
 from visiontune.data.sources import from_folder, relative_posix
 from visiontune.training.pipeline import train
@@ -76,8 +76,10 @@ def detection(result, truth: set[str]) -> dict[str, float]:
     }
 
 
-def train_accuracy(source: Path, out: Path, *, corrections: str) -> float:
-    config = RunConfig(DataConfig(source=str(source), corrections=corrections), out=str(out))
+def train_accuracy(source: Path, out: Path, *, corrections: str, method: str) -> float:
+    config = RunConfig(
+        DataConfig(source=str(source), corrections=corrections), TrainConfig(method=method), out=str(out)
+    )
     started = time.perf_counter()
     result = train(config, overwrite=True)
     print(f"  trained {out.name} in {time.perf_counter() - started:.0f} s", flush=True)
@@ -88,10 +90,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="0.2,0.05")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-score", type=float, default=0.8)
+    parser.add_argument("--min-score", type=float, default=0.9)
     parser.add_argument("--work", type=Path, default=Path("bench-clean-noise"))
     parser.add_argument("--log", type=Path, default=None)
     parser.add_argument("--no-train", action="store_true")
+    parser.add_argument("--method", default="finetune", help="train's method: finetune (the default) or features")
+    parser.add_argument("--train-only", action="store_true", help="reuse an earlier run's CSVs and corrections.csv")
+    parser.add_argument("--labels", default="clean,noisy,suggestions", help="which trainings, in this order")
     args = parser.parse_args()
     work = args.work.resolve()
     log_path = args.log or work / "clean_noise.jsonl"
@@ -118,12 +123,7 @@ def main() -> None:
         test_part = [(f"images/{relative_posix(s.path, demo)}", s.label, "test") for s in test_rows]
         return train_part, test_part
 
-    true_labels = [s.label for s in train_rows]
-    for rate in [float(r) for r in args.rates.split(",")]:
-        folder = work / f"noise{round(rate * 100):02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "corrections.csv").unlink(missing_ok=True)
-        noisy, flipped = flip_labels(true_labels, classes, rate, args.seed)
+    def detect(folder: Path, rate: float, noisy: list[str], flipped: set[int]) -> None:
         train_part, test_part = rows_for(folder, noisy)
         write_csv(folder / "train.csv", train_part)
         write_csv(folder / "all.csv", train_part + test_part)
@@ -141,26 +141,34 @@ def main() -> None:
                 "auto_corrections": len(written), "auto_corrections_right": right,
                 "auto_corrections_fixing_a_flip": sum(c.path in truth and c.label == true_of[c.path] for c in written),
                 "min_score": args.min_score})  # fmt: skip
-        if args.no_train:
-            continue
-        clean_csv = work / "clean_labels" / "all.csv"
-        if not clean_csv.is_file():
-            clean_csv.parent.mkdir(parents=True, exist_ok=True)
-            write_csv(clean_csv, [row for part in rows_for(clean_csv.parent, true_labels) for row in part])
-            record(
-                {
-                    "labels": "clean",
-                    "test_accuracy": train_accuracy(clean_csv, work / "runs" / "clean", corrections="none"),
-                }
-            )
-        noisy_acc = train_accuracy(folder / "all.csv", work / "runs" / f"{folder.name}-noisy", corrections="none")
-        record({"rate": rate, "labels": "noisy", "test_accuracy": noisy_acc})
-        fixed_acc = train_accuracy(
-            folder / "all.csv",
-            work / "runs" / f"{folder.name}-suggestions",
-            corrections=str(folder / "corrections.csv"),
-        )
-        record({"rate": rate, "labels": "after --apply-suggestions", "test_accuracy": fixed_acc})
+
+    def train_all(folder: Path, rate: float) -> None:
+        runs = work / "runs" / args.method
+        for labels in args.labels.split(","):
+            if labels == "clean":
+                clean_csv = work / "clean_labels" / "all.csv"
+                if (runs / "clean" / "results.json").is_file():
+                    continue  # shared by every rate
+                clean_csv.parent.mkdir(parents=True, exist_ok=True)
+                write_csv(clean_csv, [row for part in rows_for(clean_csv.parent, true_labels) for row in part])
+                source, fix, out = clean_csv, "none", runs / "clean"
+            else:
+                fix = "none" if labels == "noisy" else str(folder / "corrections.csv")
+                source, out = folder / "all.csv", runs / f"{folder.name}-{labels}"
+            accuracy = train_accuracy(source, out, corrections=fix, method=args.method)
+            record({"rate": None if labels == "clean" else rate, "labels": labels, "method": args.method,
+                    "test_accuracy": accuracy})  # fmt: skip
+
+    true_labels = [s.label for s in train_rows]
+    for rate in [float(r) for r in args.rates.split(",")]:
+        folder = work / f"noise{round(rate * 100):02d}"
+        noisy, flipped = flip_labels(true_labels, classes, rate, args.seed)
+        if not args.train_only:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "corrections.csv").unlink(missing_ok=True)
+            detect(folder, rate, noisy, flipped)
+        if not args.no_train:
+            train_all(folder, rate)
 
 
 if __name__ == "__main__":

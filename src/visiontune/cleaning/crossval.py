@@ -82,7 +82,7 @@ def out_of_fold_probabilities(
     *,
     num_classes: int,
     folds: int = 5,
-    head: str = "logreg",
+    head: str = "linear",
     seed: int = 42,
 ) -> np.ndarray:
     """(N, K) float32 probabilities: each row from a `head` fitted on the other folds (stratified, shuffled by `seed`).

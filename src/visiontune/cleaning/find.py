@@ -75,7 +75,7 @@ def clean(
     *,
     model: str | Path = DEFAULT_MODEL,
     folds: int = 5,
-    head: str = "logreg",
+    head: str = "linear",
     seed: int = 42,
     image_size: int | None = None,
     out_dir: str | Path | None = None,
@@ -85,7 +85,10 @@ def clean(
     """Rank the images of `source` whose labels look wrong, with suggestions; write issues.csv and grids to `out_dir`.
 
     `model` is a backbone name (pretrained, frozen; at `image_size`, default its own) or a run /
-    bundle folder whose backbone embeds the images. `head` is one of the features method's heads.
+    bundle folder whose backbone embeds the images. `head` is one of the features method's heads:
+    the linear probe by default, whose label smoothing and early stop make it the least swayed by
+    wrong labels (out-of-fold accuracy against the true labels with 20% flipped on the demo: linear
+    0.855, k-NN 0.831, logistic regression 0.771).
     `progress(n)` / `on_total(n)` follow the embedding (cached images count at once).
 
     Example:

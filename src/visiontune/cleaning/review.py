@@ -24,6 +24,16 @@ from visiontune.data import corrections as corr
 from visiontune.data.images import open_image
 from visiontune.errors import ImageError, MissingPackageError
 
+try:  # module level: FastAPI reads the routes' annotations from this module's names
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import FileResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from pydantic import BaseModel
+
+    from visiontune.serve.guards import HostGuard, allowed_hosts
+except ImportError as exc:
+    raise MissingPackageError(f"the review page needs {exc.name}: pip install 'visiontune[serve]'") from exc
+
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
@@ -95,28 +105,21 @@ class Review:
         return buffer.getvalue()
 
 
-def create_review_app(review: Review, *, host: str = "127.0.0.1") -> Any:
+class Decision(BaseModel):
+    """One decision as the page posts it."""
+
+    id: int
+    action: str
+    label: str | None = None
+
+
+def create_review_app(review: Review, *, host: str = "127.0.0.1") -> FastAPI:
     """The FastAPI app of the review page (needs the `serve` extra).
 
     Example:
         >>> app = create_review_app(Review.of(clean("demo"), Path("demo/corrections.csv")))  # doctest: +SKIP
         >>> uvicorn.run(app, host="127.0.0.1", port=8765)  # doctest: +SKIP
     """
-    try:
-        from fastapi import FastAPI, HTTPException
-        from fastapi.responses import FileResponse, Response
-        from fastapi.staticfiles import StaticFiles
-        from pydantic import BaseModel
-
-        from visiontune.serve.guards import HostGuard, allowed_hosts
-    except ImportError as exc:
-        raise MissingPackageError(f"the review page needs {exc.name}: pip install 'visiontune[serve]'") from exc
-
-    class Decision(BaseModel):
-        id: int
-        action: str
-        label: str | None = None
-
     app = FastAPI(title="visiontune review", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(HostGuard, hosts=allowed_hosts(host))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -22,6 +22,9 @@ def clean_command(
         str, Opt("--model", "-m", help="Backbone name (frozen, pretrained) or a run / bundle folder to embed with.")
     ] = "efficientnet_lite0",
     folds: Annotated[int, Opt("--folds", min=2, max=20, help="Cross-validation folds.")] = 5,
+    image_size: Annotated[
+        int | None, Opt("--image-size", min=8, max=4096, help="Embed at this size (default: the backbone's own).")
+    ] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="Folder for issues.csv, clean.json and the grids.")] = None,
     review: Annotated[bool, Opt("--review", help="Then open the review page on 127.0.0.1 (Ctrl-C to stop).")] = False,
     port: Annotated[int, Opt("--port", min=1, max=65535, help="The review page's port.")] = 8765,
@@ -31,7 +34,7 @@ def clean_command(
     ] = False,
     min_score: Annotated[
         float, Opt("--min-score", min=0.0, max=1.0, help="--apply-suggestions: least score (1 - p(given label)).")
-    ] = 0.8,
+    ] = 0.9,
     corrections: options.Corrections = None,
     label_regex: options.LabelRegex = None,
     seed: options.Seed = 42,
@@ -49,8 +52,8 @@ def clean_command(
                                  seed=seed, sample=1.0, corrections=corrections)  # fmt: skip
     out_dir = out if out is not None else _default_out(data)
     with progress_bar("embedding images", quiet=quiet) as (advance, set_total):
-        result = clean(data, config, model=model, folds=folds, seed=seed, out_dir=out_dir, progress=advance,
-                       on_total=set_total)  # fmt: skip
+        result = clean(data, config, model=model, folds=folds, seed=seed, image_size=image_size,
+                       out_dir=out_dir, progress=advance, on_total=set_total)  # fmt: skip
     if not quiet:
         render(result)
     counts = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in result.kind_counts().items()) or "no issues"
