@@ -78,7 +78,7 @@ def detection(result, truth: set[str]) -> dict[str, float]:
 
 def train_accuracy(source: Path, out: Path, *, corrections: str, method: str) -> float:
     config = RunConfig(
-        DataConfig(source=str(source), corrections=corrections), TrainConfig(method=method), out=str(out)
+        DataConfig(source=str(source), corrections=corrections), train=TrainConfig(method=method), out=str(out)
     )
     started = time.perf_counter()
     result = train(config, overwrite=True)

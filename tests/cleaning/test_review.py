@@ -57,7 +57,6 @@ def _press(browser: Any, key: str, then: str) -> None:
     _wait_for(browser, then)
 
 
-@pytest.mark.slow  # a browser, and a real server: ~10 s on 2 cores
 def test_keyboard_decisions_are_written_as_made_and_a_reload_resumes(
     review_server: tuple[str, Review], headless_chromium: Any
 ) -> None:
