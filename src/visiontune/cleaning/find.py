@@ -25,6 +25,7 @@ from visiontune.data.dataset import LabelledImages, load_data
 from visiontune.data.duplicates import duplicate_groups
 from visiontune.data.sources import relative_posix
 from visiontune.errors import DatasetError
+from visiontune.features.classical import single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,9 @@ def clean(
         features, labels, num_classes=len(data.classes), folds=folds, head=head, seed=seed
     )
     fitted = time.perf_counter()
-    issues, health = rank_issues([s.path for s in data.samples], labels, probs, features, data.classes,
-                                 duplicate_groups=_duplicate_rows(data))  # fmt: skip
+    with single_threaded():  # small matrices: BLAS threads only spin against each other (features/classical.py)
+        issues, health = rank_issues([s.path for s in data.samples], labels, probs, features, data.classes,
+                                     duplicate_groups=_duplicate_rows(data))  # fmt: skip
     timings = {"load_s": loaded - started, "embed_s": embedded - loaded, "crossval_s": fitted - embedded,
                "rank_s": time.perf_counter() - fitted}  # fmt: skip
     result = CleanResult(data, labels, probs, issues, health, folds, str(model), timings,
