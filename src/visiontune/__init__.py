@@ -9,7 +9,9 @@ the same way: logits on valid and test, a `calibration.Calibration`, the same me
 the bundle (`bundle`: JSON + safetensors, never a pickle). Every forward pass outside the
 training step goes through `inference.Inference` (device, precision, channels-last, batches), so
 `evaluation.evaluate` scores exactly what `predict.Predictor` serves, and `serve`, `export`,
-`experiments` (tune, compare) and `cli` are thin layers over those.
+`experiments` (tune, compare) and `cli` are thin layers over those. `cleaning` finds wrong labels
+(out-of-fold probabilities on cached features, confident learning, a review page) and writes
+the decisions to corrections.csv, which `data` applies whenever it reads the data.
 
 Example:
     >>> import visiontune
@@ -28,13 +30,14 @@ from typing import TYPE_CHECKING, Any
 from visiontune.version import __version__
 
 if TYPE_CHECKING:
+    from visiontune.cleaning import CleanResult
     from visiontune.config import RunConfig
     from visiontune.data.audit import AuditReport
     from visiontune.evaluation.evaluate import EvalResult
     from visiontune.predict import Predictor
     from visiontune.training.pipeline import TrainResult
 
-__all__ = ["__version__", "evaluate", "inspect", "load", "train"]
+__all__ = ["__version__", "clean", "evaluate", "inspect", "load", "train"]
 
 
 def inspect(source: Any, config: Any = None, **kwargs: Any) -> AuditReport:
@@ -66,3 +69,10 @@ def load(source: Any, *, device: Any = "auto", backend: str = "torch") -> Predic
     from visiontune.predict import load as load_predictor
 
     return load_predictor(source, device=device, backend=backend)
+
+
+def clean(source: Any, config: Any = None, **kwargs: Any) -> CleanResult:
+    """Rank the images whose labels look wrong, with suggested labels (`visiontune clean`). See `cleaning.clean`."""
+    from visiontune.cleaning import clean as find_issues
+
+    return find_issues(source, config, **kwargs)

@@ -61,6 +61,7 @@ class DataConfig:
     near_duplicate_split: bool = True
     near_duplicate_distance: int = 4
     max_pixels: int = 64_000_000
+    corrections: str | None = None  # corrections.csv to apply: None finds <root>/corrections.csv, "none" is off
 
     def __post_init__(self) -> None:
         check_range("valid_pct", self.valid_pct, 0.0, 0.9)

@@ -38,6 +38,7 @@ def evaluate_command(
         int | None, typer.Option("--batch-size", min=1, help="Images per forward pass (default: by device).")
     ] = None,
     label_regex: options.LabelRegex = None,
+    corrections: options.Corrections = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Only the summary line.")] = False,
 ) -> int:
     """Score a model on labelled images: metrics.json, confusion matrix, top losses, Grad-CAM, report.html."""
@@ -50,6 +51,7 @@ def evaluate_command(
         top_losses=top_losses,
         batch_size=batch_size,
         label_regex=label_regex,
+        corrections=corrections,
     )
     with progress_bar("scoring images", quiet=quiet) as (advance, set_total):
         result = evaluate(model, data, config, progress=advance, on_total=set_total)

@@ -26,6 +26,7 @@ def inspect_command(
     group_col: options.GroupCol = None,
     valid_pct: options.ValidPct = 0.2,
     seed: options.Seed = 42,
+    corrections: options.Corrections = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Only the summary line.")] = False,
 ) -> int:
     """Audit a data set before training: counts, sizes, broken files, duplicates and leakage.
@@ -40,6 +41,7 @@ def inspect_command(
         valid_pct=valid_pct,
         seed=seed,
         sample=1.0,
+        corrections=corrections,
     )
     out_dir = out if out is not None else _default_out(data)
     with progress_bar("reading images", quiet=quiet) as (advance, set_total):

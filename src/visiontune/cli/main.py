@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from visiontune.cli import datasets, distributed, evaluate, inspect, models, predict, train
+from visiontune.cli import clean, datasets, distributed, evaluate, inspect, models, predict, train
 from visiontune.cli import export as export_cli
 from visiontune.cli import runs as runs_cli
 from visiontune.cli import serve as serve_cli
@@ -56,6 +56,7 @@ app.command("tune")(tune_cli.tune_command)
 app.command("export")(export_cli.export_command)
 app.command("serve")(serve_cli.serve_command)
 app.command("embed")(distributed.embed_command)
+app.command("clean")(clean.clean_command)
 
 
 def _version(value: bool) -> None:

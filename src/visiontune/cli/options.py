@@ -21,3 +21,7 @@ ValidPct = Annotated[
     float, typer.Option("--valid-pct", min=0.0, max=0.9, help="Validation share when the data has no valid split.")
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for the split, sampling and training.")]
+Corrections = Annotated[
+    str | None,
+    typer.Option("--corrections", help="corrections.csv to apply (default: DATA's own, if any; 'none': off)."),
+]

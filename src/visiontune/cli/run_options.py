@@ -86,6 +86,7 @@ RUN_OPTIONS = (
         " Under torchrun spell it --trackers (torchrun reads --log as its --log-dir).", flags=("--log", "--trackers")),
     opt("mlflow_uri", "train", str, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     opt("mlflow_experiment", "train", str, "MLflow experiment name (default: the data folder's name)."),
+    opt("corrections", "data", str, "corrections.csv to apply (default: DATA's own, if any; 'none': off)."),
 )  # fmt: skip
 SEED_SECTIONS = ("data", "train")  # --seed sets the split's seed and training's
 

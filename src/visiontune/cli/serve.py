@@ -48,7 +48,7 @@ def serve_command(
     """Serve a model over HTTP: POST /predict, a web page at /, API docs at /docs."""
     from visiontune.errors import MissingPackageError
 
-    _check_port(host, port)  # before the heavy imports: a taken port is known in a fraction of a second
+    check_port(host, port)  # before the heavy imports: a taken port is known in a fraction of a second
     try:
         import uvicorn
 
@@ -95,7 +95,7 @@ def serve_command(
     return 0
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
     """A taken port as one line now, not a uvicorn log line after the model has loaded."""
     import socket
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from visiontune.config import DataConfig
 from visiontune.data import duplicates, split
+from visiontune.data.corrections import Applied, apply_corrections
 from visiontune.data.fileinfo import FileInfo, scan_files
 from visiontune.data.sources import (
     SPLITS,
@@ -50,6 +51,7 @@ class LabelledImages:
     links: list[LinkFinding] = field(default_factory=list)
     repeated_rows: list[tuple[Path, str]] = field(default_factory=list)
     label_conflicts: list[LabelConflict] = field(default_factory=list)
+    corrections: Applied | None = None  # what corrections.csv changed (data/corrections.py)
 
     @property
     def class_to_idx(self) -> dict[str, int]:
@@ -127,7 +129,9 @@ def load_data(
         >>> data.classes, len(data.split("train"))
     """
     config = config or DataConfig()
-    scan = _scan(source, config, label_func)
+    scan, applied = apply_corrections(_scan(source, config, label_func), config.corrections)
+    if applied is not None:
+        log.warning("%s", applied.describe())
     if check and scan.label_conflicts:  # before reading any file: this needs a fix in the CSV
         raise DatasetError(label_conflict_message(scan.label_conflicts))
     _log_findings(scan)
@@ -145,6 +149,7 @@ def load_data(
     data = LabelledImages(scan.root, scan.kind, sort_labels(s.label for s in samples), samples, by_path, unreadable)
     data.skipped, data.empty_classes = scan.skipped, scan.empty_classes
     data.links, data.repeated_rows, data.label_conflicts = scan.links, scan.repeated_rows, scan.label_conflicts
+    data.corrections = applied
     data.duplicate_links = {kind: [(good[a].path, good[b].path) for a, b in pairs] for kind, pairs in links.items()}
     if check:
         data.check()

@@ -56,6 +56,7 @@ class EvalConfig:
     num_workers: int | None = None
     label_regex: str | None = None
     device: str = "auto"
+    corrections: str | None = None  # corrections.csv to apply; None: the one the run used, or DATA's own
 
     def __post_init__(self) -> None:
         if self.split is not None:
@@ -137,7 +138,7 @@ def evaluate(
     assert meta is not None  # a bundle's predictor carries its metadata
     selection = select_images(
         data, classes=meta.classes, training=meta.training, run=run, split=config.split,
-        label_regex=config.label_regex,
+        label_regex=config.label_regex, corrections=config.corrections,
     )  # fmt: skip
     out_dir = Path(config.out) if config.out else default_out(Path(model), run)
     samples = selection.data.samples

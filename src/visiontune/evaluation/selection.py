@@ -50,6 +50,7 @@ def select_images(
     split: str | None = None,
     label_regex: str | None = None,
     progress: Callable[[int], None] | None = None,
+    corrections: str | None = None,
 ) -> Selection:
     """Load DATA as the run read its data, and pick the images to evaluate (see the module docstring).
 
@@ -58,7 +59,10 @@ def select_images(
         >>> chosen = select_images("demo", classes=meta.classes, training=meta.training, run=run)  # doctest: +SKIP
         >>> chosen.split, len(chosen.data.samples)  # doctest: +SKIP
     """
-    data = load_data(source, _data_config(source, training, label_regex), check=False, progress=progress)
+    config = _data_config(source, training, label_regex)
+    if corrections is not None:
+        config = dataclasses.replace(config, corrections=corrections)
+    data = load_data(source, config, check=False, progress=progress)
     rows = run.relative_splits(training.get("data_root")) if run is not None else None
     recorded = None if rows is None else {relative: split for relative, _, split in rows}  # relative path: split
     keys = _keys(data, training.get("data_root"))

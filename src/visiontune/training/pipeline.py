@@ -258,6 +258,7 @@ def _write_run_files(p: Prepared) -> None:
             "parameters": p.model.parameter_summary(),
             "versions": library_versions(VERSIONS),
             "hardware": hardware(),
+            "corrections": p.data.corrections.to_dict() if p.data.corrections else None,
         }
     )
 
