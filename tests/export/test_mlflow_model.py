@@ -78,6 +78,7 @@ def test_mlflow_models_serve_answers_base64_images_as_predict_does(
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where the server finds the model
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # its uvicorn
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2] / "src"))  # this checkout's visiontune
     with open(tmp_path / "serve.log", "w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
