@@ -29,6 +29,12 @@ EPOCH_SCALARS = ("train_loss", "valid_loss", "valid_accuracy", "valid_balanced_a
 FINAL = ("final/valid_accuracy", "final/valid_loss", "final/valid_ece", "final/test_accuracy")
 
 
+@pytest.fixture(autouse=True)
+def _artifacts_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SQLite store keeps artifacts in ./mlruns: the test's folder, never the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def data(tmp_path: Path, fashion: dict) -> Path:
     """train/<3 classes> x 12 and test/<3 classes> x 4 real Fashion-MNIST images."""
