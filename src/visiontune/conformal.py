@@ -151,7 +151,7 @@ class ConformalSets:
         return self.label_scores(probs) <= self.thresholds(coverage).view(1, -1)
 
     def to_dict(self) -> dict[str, Any]:
-        """The `conformal` block of the bundle's calibration (scores rounded to 1e-6)."""
+        """The `conformal` block of the bundle's calibration (the sorted validation scores per class)."""
         return {
             "method": self.method,
             "randomized": self.randomized,
@@ -160,7 +160,7 @@ class ConformalSets:
             "coverage": self.coverage,
             "mondrian": self.mondrian,
             "fitted_on": len(self.scores),
-            "class_scores": [[round(v, 6) for v in s] for s in self.class_scores],
+            "class_scores": [list(s) for s in self.class_scores],
         }
 
     @classmethod
