@@ -60,6 +60,15 @@ def test_tie_breaks_are_deterministic_uniforms() -> None:
     assert abs(float(u.mean()) - 0.5) < 0.02 and abs(float((u < 0.1).double().mean()) - 0.1) < 0.02
 
 
+def test_confident_rows_get_their_own_uniforms() -> None:
+    """Confident rows all round to (1, 0, ...) in probability: hashing that would give them one shared u."""
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(2000, 10, generator=generator)
+    logits[:, 0] += 25  # top probability above 1 - 1e-8 for every row
+    u = tie_breaks(logits.double().softmax(dim=1))
+    assert len(set(u.tolist())) == 2000 and abs(float(u.mean()) - 0.5) < 0.03
+
+
 def test_round_trip_through_the_bundle_block() -> None:
     probs, targets = _draw(300, k=4, seed=3)
     sets = fit_conformal(probs, targets, mondrian_min=20)

@@ -32,7 +32,6 @@ from safetensors.torch import load_file, save_file
 
 from visiontune.calibration import Calibration
 from visiontune.data.transforms import Preprocessing
-from visiontune.detector import FILE as DETECTOR_FILE
 from visiontune.detector import KNNDetector
 from visiontune.errors import BundleError, VisiontuneError
 from visiontune.io import writing
@@ -171,13 +170,10 @@ def read_meta(path: str | Path) -> BundleMeta:
 
 
 def _save_detector(folder: Path, meta: BundleMeta) -> BundleMeta:
-    """Write the k-NN detector's bank beside the weights; its checksum goes into the calibration block."""
-    calibration = meta.calibration
-    if calibration.detector is None:
-        return meta
-    info = {**(calibration.detector_info or calibration.detector.to_dict())}
-    info["sha256"] = file_sha256(calibration.detector.save(folder))
-    return dataclasses.replace(meta, calibration=dataclasses.replace(calibration, detector_info=info))
+    """Write the k-NN detector's bank beside the weights (bundle.json holds its checksum)."""
+    if meta.calibration.detector is not None:
+        meta.calibration.detector.save(folder)
+    return meta
 
 
 def _load_detector(folder: Path, meta: BundleMeta) -> BundleMeta:
@@ -185,10 +181,7 @@ def _load_detector(folder: Path, meta: BundleMeta) -> BundleMeta:
     info = meta.calibration.detector_info
     if not info or meta.calibration.detector is not None:
         return meta
-    path = folder / str(info.get("file", DETECTOR_FILE))
-    if info.get("sha256") and path.is_file() and file_sha256(path) != info["sha256"]:
-        raise BundleError(f"{path}: does not match {META_FILE}'s checksum: the file is damaged; retrain")
-    detector = KNNDetector.load(folder, dict(info))
+    detector = KNNDetector.load(folder, dict(info))  # checked against its checksum
     return dataclasses.replace(meta, calibration=dataclasses.replace(meta.calibration, detector=detector))
 
 

@@ -17,7 +17,7 @@ being continuous, below `coverage + 1 / (n + 1)`.
 
 `u` is the randomisation. Randomised (the default): u is uniform in [0, 1) per image, which makes
 coverage exact instead of conservative; it is drawn from a hash of the image's rounded
-probabilities, so the same image gets the same set on every call and on either backend (validity
+log-probabilities, so the same image gets the same set on every call and on either backend (validity
 only needs u to be a function of the image: the scores stay exchangeable). A randomised set may be
 empty for a very confident image (the top label alone already carries more than qhat of the mass
 once u is applied): that is rare and means "no label needed at this coverage"; callers show the
@@ -46,7 +46,7 @@ from visiontune.errors import ConfigError
 DEFAULT_COVERAGE = 0.9
 MONDRIAN_MIN = 50  # per-class qhat from 50 images: its coverage varies by about +-4 points (sd) at 90%
 METHODS = ("aps", "raps")
-_HASH_DECIMALS = 3  # probabilities are rounded this far before hashing: torch and ONNX agree to 1e-4
+_HASH_DECIMALS = 3  # log-probabilities are rounded this far before hashing: torch and ONNX agree far closer
 
 
 def check_coverage(coverage: float) -> float:
@@ -57,12 +57,15 @@ def check_coverage(coverage: float) -> float:
 
 
 def tie_breaks(probs: torch.Tensor) -> torch.Tensor:
-    """(N,) a uniform number in [0, 1) per row, a deterministic function of its rounded probabilities.
+    """(N,) a uniform number in [0, 1) per row, a deterministic function of its rounded log-probabilities.
 
-    Each row's probabilities, rounded to `_HASH_DECIMALS`, are folded through splitmix64's
+    Log-probabilities, not probabilities: a confident row's probabilities round to (1, 0, ..., 0)
+    like every other confident row's, which would give them all one u; their logs stay distinct.
+    Rounded to `_HASH_DECIMALS` (backends differ by ~1e-6), then folded through splitmix64's
     finaliser (a well-mixed 64-bit hash), vectorised over the rows.
     """
-    grid = np.round(probs.detach().double().cpu().numpy() * 10**_HASH_DECIMALS).astype(np.uint64)  # (N, K)
+    logs = probs.detach().double().cpu().clamp_min(1e-300).log().numpy()
+    grid = np.round(logs * 10**_HASH_DECIMALS).astype(np.int64).view(np.uint64)  # (N, K), two's complement
     state = np.full(len(grid), 0x9E3779B97F4A7C15, dtype=np.uint64)
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps around, as the hash intends
         for column in grid.T:
@@ -148,7 +151,7 @@ class ConformalSets:
         return self.label_scores(probs) <= self.thresholds(coverage).view(1, -1)
 
     def to_dict(self) -> dict[str, Any]:
-        """The `conformal` block of the bundle's calibration (scores rounded to 1e-6)."""
+        """The `conformal` block of the bundle's calibration (the sorted validation scores per class)."""
         return {
             "method": self.method,
             "randomized": self.randomized,
@@ -157,7 +160,7 @@ class ConformalSets:
             "coverage": self.coverage,
             "mondrian": self.mondrian,
             "fitted_on": len(self.scores),
-            "class_scores": [[round(v, 6) for v in s] for s in self.class_scores],
+            "class_scores": [list(s) for s in self.class_scores],
         }
 
     @classmethod

@@ -20,6 +20,7 @@ images is flagged unknown with probability at most alpha (5% by default).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,9 @@ class KNNDetector:
         return (unit @ self.bank.T).topk(k, dim=1).values[:, -1]
 
     def to_dict(self) -> dict[str, Any]:
-        """What bundle.json says about it (the bank itself is in `FILE`)."""
-        return {"kind": "knn", "k": self.k, "bank": len(self.bank), "dim": self.dim, "file": FILE}
+        """What bundle.json says about it (the bank itself is in `FILE`; sha256 of its float16 values)."""
+        info = {"kind": "knn", "k": self.k, "bank": len(self.bank), "dim": self.dim, "file": FILE}
+        return {**info, "sha256": _digest(self.bank.half())}
 
     def save(self, folder: Path) -> Path:
         path = folder / FILE
@@ -75,10 +77,16 @@ class KNNDetector:
     def load(cls, folder: Path, block: dict[str, Any]) -> KNNDetector:
         path = folder / str(block.get("file", FILE))
         try:
-            bank = load_file(str(path))["bank"].float()
+            stored = load_file(str(path))["bank"]
         except (SafetensorError, OSError, KeyError) as exc:
             raise BundleError(f"{path}: unreadable detector bank ({exc}); retrain, or use --unknown-score msp") from exc
-        return cls(F.normalize(bank, dim=1), k=int(block.get("k", DEFAULT_K)))
+        if block.get("sha256") and _digest(stored) != block["sha256"]:
+            raise BundleError(f"{path}: does not match bundle.json's checksum: the file is damaged; retrain")
+        return cls(F.normalize(stored.float(), dim=1), k=int(block.get("k", DEFAULT_K)))
+
+
+def _digest(bank: torch.Tensor) -> str:
+    return hashlib.sha256(bank.contiguous().numpy().tobytes()).hexdigest()
 
 
 def fit_knn(embeddings: torch.Tensor, *, k: int = DEFAULT_K, cap: int = BANK_CAP, seed: int = 0) -> KNNDetector:
