@@ -122,6 +122,7 @@ def predict_on_ray(
     tta: bool = False,
     unknown: bool = True,
     unknown_score: str | None = None,
+    coverage: float | None = None,
     backend: str = "torch",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
@@ -144,10 +145,9 @@ def predict_on_ray(
     predictor = load(model, device="cpu", backend=backend)  # fails here, in one line, rather than on each worker
     predictor.calibration.threshold(unknown_score or predictor.calibration.score)  # a bad score name, likewise
     source = os.path.abspath(model) if os.path.exists(model) else model
-    job = {"task": "predict", "model": source, "backend": backend, "topk": topk, "tta": tta, "unknown": unknown,
-           "unknown_score": unknown_score}  # fmt: skip
-    worker = {"model": source, "backend": backend, "topk": topk, "tta": tta, "unknown": unknown,
-              "unknown_score": unknown_score}  # fmt: skip
+    settings = {"topk": topk, "tta": tta, "unknown": unknown, "unknown_score": unknown_score, "coverage": coverage}
+    job = {"task": "predict", "model": source, "backend": backend, **settings}
+    worker = {"model": source, "backend": backend, **settings}
     return _run(paths, out, job, PredictWorker, worker, predictor.preprocessing, options, max_pixels, progress)
 
 
@@ -161,7 +161,7 @@ class PredictWorker:
 
         torch.set_num_threads(threads)
         self.predictor = load(model, device=device, backend=backend)
-        self.settings = settings  # topk, tta, unknown, unknown_score
+        self.settings = settings  # topk, tta, unknown, unknown_score, coverage
         self.shards = Shards(out)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -108,7 +108,7 @@ def draw_figures(p: Prepared, fitted: Fitted, folder: Path) -> dict[str, Path]:
     guesses = [classes[i] for i in predicted[: len(samples)].tolist()]
     titles = [f"{guess}\n(true: {s.label})" for guess, s in zip(guesses, samples, strict=True)]
     wrong = [guess != s.label for guess, s in zip(guesses, samples, strict=True)]
-    plot_image_grid(images, titles, figures["valid_predictions"], wrong=wrong, suptitle="validation predictions")
+    plot_image_grid(images, titles, figures["valid_predictions"], wrong=wrong)
     return figures
 
 
