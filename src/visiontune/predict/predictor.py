@@ -179,11 +179,8 @@ class Predictor:
         (`unknown_score` "knn", "msp" or "energy"; the bundle's own by default); `coverage` is the
         conformal sets' (the bundle's, 0.9, by default); `on_batch(n)` reports progress.
         """
-        if topk < 1:
-            raise ConfigError(f"`topk` must be at least 1. Received: topk={topk}")
+        score, coverage = self._checked(topk, unknown_score, coverage)  # bad settings fail before any work
         items = _as_list(images)
-        score = self.resolve_score(unknown_score)  # a bad score name fails before any work
-        coverage = None if coverage is None else check_coverage(coverage)
         results: list[Prediction | None] = [None] * len(items)
         for batch in self._batches(items, batch_size, num_workers, max_pixels):
             for position, reason in batch.failures:
@@ -217,12 +214,15 @@ class Predictor:
         the Ray workers of `predict.distributed` (`model_inputs` makes such pixels from files);
         `paths` names the rows.
         """
-        if topk < 1:
-            raise ConfigError(f"`topk` must be at least 1. Received: topk={topk}")
-        score = self.resolve_score(unknown_score)
-        coverage = None if coverage is None else check_coverage(coverage)
+        score, coverage = self._checked(topk, unknown_score, coverage)
         names = list(paths) if paths is not None else [None] * len(pixels)
         return self._rank(pixels, names, topk=topk, score=score, unknown=unknown, tta=tta, coverage=coverage)
+
+    def _checked(self, topk: int, unknown_score: str | None, coverage: float | None) -> tuple[str, float | None]:
+        """The score to use and the checked coverage; ConfigError for a bad top-k, score name or coverage."""
+        if topk < 1:
+            raise ConfigError(f"`topk` must be at least 1. Received: topk={topk}")
+        return self.resolve_score(unknown_score), None if coverage is None else check_coverage(coverage)
 
     def resolve_score(self, requested: str | None = None) -> str:
         """The unknown score to use: `requested`, else the bundle's; "knn" falls back to "msp" only when not asked for.
@@ -268,7 +268,7 @@ class Predictor:
             scores = self.calibration.scores(logits, score, embeddings=embedded)
         flags = self.calibration.flag(scores, score) if unknown else torch.zeros(len(scores), dtype=torch.bool)
         threshold = self.calibration.threshold(score)
-        sets = self.calibration.prediction_sets(probs, coverage=coverage) if self.calibration.conformal else None
+        sets = self.calibration.prediction_sets(probs, coverage=coverage)  # None: no conformal data
         top_p, top_i = probs.topk(min(topk, self.num_classes), dim=1)
         finite = torch.isfinite(probs).all(dim=1) & torch.isfinite(scores)  # (B,)
         results = []

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from sklearn.metrics import confusion_matrix
 
 from visiontune.config import RunConfig
 from visiontune.data.images import open_image
@@ -99,8 +100,7 @@ def draw_figures(p: Prepared, fitted: Fitted, folder: Path) -> dict[str, Path]:
     logits, targets = fitted.logits("valid")
     predicted = logits.argmax(dim=1)
     classes = list(p.data.classes)
-    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    np.add.at(matrix, (targets.numpy(), predicted.numpy()), 1)
+    matrix = confusion_matrix(targets.numpy(), predicted.numpy(), labels=list(range(len(classes))))
     figures = {name: folder / f"{name}.png" for name in ("confusion_matrix", "valid_predictions")}
     plot_confusion_matrix(matrix, classes, figures["confusion_matrix"])
     samples = p.data.split("valid")[:SAMPLE_IMAGES]
