@@ -7,8 +7,8 @@ weights, fresh head: only speed matters here).
 - reference: `Predictor.predict(paths)`, what `visiontune predict` runs (its own batch size, every
   core's threads in one process);
 - ours: `predict_on_ray` on a local Ray instance of this machine's cores, 1 worker with every core
-  (`--num-cpus-per-worker 2`) and 2 workers with one core each, decoding inside the workers as Ray
-  fuses it on CPU workers, writing Parquet shards.
+  (`--num-cpus-per-worker 2`) and 2 workers with one core each, CPU workers decoding their own
+  batches one forward pass ahead (predict.distributed.Decoding), writing Parquet shards.
 
 For the paper estimate in RESULTS.md the script also times what a GPU node's CPUs would do per
 image: reading, decoding and resizing 200 photos (320-640 px JPEGs, as bench/predict_throughput.py

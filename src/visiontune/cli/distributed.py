@@ -73,7 +73,7 @@ def embed_command(
         Path | None, Opt(help="The feature cache's folder (default ~/.cache/visiontune/features).")
     ] = None,
     batch_size: Annotated[
-        int | None, Opt(min=1, help="Images per forward pass (default 128 on GPUs, 16 on CPUs).")
+        int | None, Opt(min=1, help="Images per Ray batch and Parquet shard (default 128 on GPUs, 64 on CPUs).")
     ] = None,
     concurrency: Concurrency = None,
     num_gpus_per_worker: GpusPerWorker = 0.0,

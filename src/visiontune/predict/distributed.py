@@ -18,11 +18,14 @@ it again: the paths already in the output folder are skipped. Rows are the ones
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +51,10 @@ class RayOptions:
 
     `address`: "auto" joins the cluster this machine is part of (`ray start`), or starts a local
     one; otherwise a head node's `host:port` (or `ray://host:10001`). `concurrency`: model workers
-    (default: every GPU's share, or every CPU's). `batch_size`: images per
-    forward pass (default 128 on GPU workers, 16 on CPU ones).
+    (default: every GPU's share, or every CPU's). `batch_size`: images per Ray batch and per
+    Parquet shard (default 128 on GPU workers, 64 on CPU ones); a CPU worker runs each batch
+    through the model in passes of 4 images per thread, the size that runs fastest on CPUs (see
+    `system.inference_batch_size`), so shards and Ray's per-batch costs stay few.
     """
 
     address: str = "auto"
@@ -71,7 +76,42 @@ class RayOptions:
         return "cuda" if self.num_gpus_per_worker > 0 else "cpu"
 
     def batch(self) -> int:
-        return self.batch_size or (128 if self.num_gpus_per_worker > 0 else 16)
+        return self.batch_size or (128 if self.num_gpus_per_worker > 0 else 64)
+
+    def forward_batch(self, threads: int) -> int:
+        """Images per forward pass in a worker: the whole batch on a GPU, 4 per thread on a CPU."""
+        return self.batch() if self.num_gpus_per_worker > 0 else min(self.batch(), 4 * threads)
+
+
+@dataclass
+class Decoding:
+    """How a worker gets pixels: in passes of `step` images, decoding them itself when `preprocessing` is set.
+
+    CPU workers decode their own batches (no pixels cross the object store), one pass ahead in a
+    thread while the model runs on the current one, so decoding overlaps the forward passes as a
+    DataLoader's workers do for single-process `predict`; GPU workers get pixels from CPU tasks.
+    """
+
+    step: int  # images per forward pass
+    preprocessing: Preprocessing | None = None  # None: the batches arrive decoded
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    digest: bool = False
+
+    def passes(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """The batch's rows, `step` at a time, with their pixels, errors and sha256s."""
+        starts = range(0, len(batch["path"]), self.step)
+        if self.preprocessing is None:
+            yield from ({name: column[i : i + self.step] for name, column in batch.items()} for i in starts)
+            return
+        decode = functools.partial(decode_batch, preprocessing=self.preprocessing, max_pixels=self.max_pixels,
+                                   digest=self.digest)  # fmt: skip
+        parts = [{"path": batch["path"][i : i + self.step]} for i in starts]
+        with ThreadPoolExecutor(max_workers=1) as ahead:
+            pending = ahead.submit(decode, parts[0]) if parts else None
+            for following in [*parts[1:], None]:
+                current = pending.result()  # type: ignore[union-attr]
+                pending = ahead.submit(decode, following) if following is not None else None
+                yield current
 
 
 @dataclass
@@ -152,14 +192,17 @@ def predict_on_ray(
 
 
 class PredictWorker:
-    """A Ray actor: the model loaded once; each batch of decoded pixels -> rows -> one shard."""
+    """A Ray actor: the model loaded once; each batch of paths (or decoded pixels) -> rows -> one shard."""
 
-    def __init__(self, *, out: str, device: str, threads: int, model: str, backend: str, **settings: Any) -> None:
+    def __init__(
+        self, *, out: str, device: str, threads: int, decoding: Decoding, model: str, backend: str, **settings: Any
+    ) -> None:
         import torch
 
         from visiontune.predict import load
 
         torch.set_num_threads(threads)
+        self.decoding = decoding
         self.predictor = load(model, device=device, backend=backend)
         self.settings = settings  # topk, tta, unknown, unknown_score, coverage
         self.shards = Shards(out)
@@ -169,16 +212,20 @@ class PredictWorker:
 
         from visiontune.predict import Prediction
 
-        paths, errors = _strings(batch["path"]), _strings(batch["error"])
-        # an input that failed to decode gets the error row Predictor.predict gives it
-        rows: list[Any] = [Prediction(p, [], error=e) if e else None for p, e in zip(paths, errors, strict=True)]
-        ok = [i for i, row in enumerate(rows) if row is None]
-        if ok:
-            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
-            ranked = self.predictor.predict_pixels(pixels, paths=[paths[i] for i in ok], **self.settings)
-            for i, prediction in zip(ok, ranked, strict=True):
-                rows[i] = prediction
+        rows: list[Any] = []
+        for part in self.decoding.passes(batch):
+            paths, errors = _strings(part["path"]), _strings(part["error"])
+            # an input that failed to decode gets the error row Predictor.predict gives it
+            ranked = [Prediction(p, [], error=e) if e else None for p, e in zip(paths, errors, strict=True)]
+            ok = [i for i, row in enumerate(ranked) if row is None]
+            if ok:
+                pixels = torch.from_numpy(np.ascontiguousarray(part["pixels"][ok]))
+                answers = self.predictor.predict_pixels(pixels, paths=[paths[i] for i in ok], **self.settings)
+                for i, prediction in zip(ok, answers, strict=True):
+                    ranked[i] = prediction
+            rows.extend(ranked)
         self.shards.write(prediction_table([row.to_dict() for row in rows]))
+        paths = [row.path for row in rows]
         return {"path": np.array(paths, dtype=object), "failed": np.array([r.error is not None for r in rows])}
 
 
@@ -228,6 +275,7 @@ class EmbedWorker:
         out: str,
         device: str,
         threads: int,
+        decoding: Decoding,
         backbone: str,
         kwargs: dict[str, Any],
         tta: bool,
@@ -245,7 +293,7 @@ class EmbedWorker:
         if weights_digest(model.backbone) != weights_sha256:  # another package version on this node
             raise ConfigError(f"{backbone}: this worker's weights differ from the driver's; install the same versions")
         self.runner = Inference.create(model, model.preprocessing, device=device, precision=precision)
-        self.pool, self.tta = kwargs["pool"], tta
+        self.pool, self.tta, self.decoding = kwargs["pool"], tta, decoding
         self.shards = Shards(out)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -254,19 +302,25 @@ class EmbedWorker:
 
         from visiontune.models.fitted import embed
 
-        paths, errors, digests = _strings(batch["path"]), _strings(batch["error"]), _strings(batch["sha256"])
-        vectors: list[Any] = [None] * len(paths)
-        ok = [i for i, error in enumerate(errors) if not error]
-        if ok:
-            model = self.runner.model
-            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
-            outputs = self.runner(pixels, forward=lambda x: embed(model, x, pool=self.pool, tta=self.tta)).numpy()
-            for i, vector in zip(ok, outputs, strict=True):
-                vectors[i] = vector
-        columns = {"path": paths, "sha256": [d or None for d in digests], "embedding": vectors,
-                   "error": [e or None for e in errors]}  # fmt: skip
+        model = self.runner.model
+        columns: dict[str, list[Any]] = {"path": [], "sha256": [], "embedding": [], "error": []}
+        for part in self.decoding.passes(batch):
+            paths, errors, digests = _strings(part["path"]), _strings(part["error"]), _strings(part["sha256"])
+            vectors: list[Any] = [None] * len(paths)
+            ok = [i for i, error in enumerate(errors) if not error]
+            if ok:
+                pixels = torch.from_numpy(np.ascontiguousarray(part["pixels"][ok]))
+                outputs = self.runner(pixels, forward=lambda x: embed(model, x, pool=self.pool, tta=self.tta))
+                for i, vector in zip(ok, outputs.numpy(), strict=True):
+                    vectors[i] = vector
+            for name, values in (("path", paths), ("sha256", [d or None for d in digests]), ("embedding", vectors),
+                                 ("error", [e or None for e in errors])):  # fmt: skip
+                columns[name].extend(values)
         self.shards.write(pa.table(columns, schema=EMBEDDING_SCHEMA))
-        return {"path": np.array(paths, dtype=object), "failed": np.array([bool(e) for e in errors])}
+        return {
+            "path": np.array(columns["path"], dtype=object),
+            "failed": np.array([bool(e) for e in columns["error"]]),
+        }
 
 
 def cache_embeddings(out: str, recipe: dict[str, Any], root: str | None = None, *, chunk: int = 4096) -> int:
@@ -329,7 +383,7 @@ def _run(
     max_pixels: int,
     progress: Callable[[int], None] | None,
 ) -> JobResult:
-    """List what is left, stream it through decode tasks and the worker pool, count what comes back."""
+    """List what is left, stream it through the worker pool (GPU workers: and decode tasks), count the rows back."""
     started = time.perf_counter()
     shards = Shards(out)
     shards.claim(job)
@@ -345,22 +399,28 @@ def _run(
     batch = options.batch()
     dataset = _paths_dataset(ray, todo, batch * BLOCK_BATCHES)
     gpus = options.num_gpus_per_worker > 0
-    decoded = dataset.map_batches(
-        decode_batch,
-        batch_size=batch,
-        num_cpus=DECODE_CPUS if gpus else options.num_cpus_per_worker,  # the same as the workers': fused
-        batch_format="numpy",
-        fn_kwargs={"preprocessing": preprocessing, "max_pixels": max_pixels, "digest": job["task"] == "embed"},
-    )
     threads = max(1, int(options.num_cpus_per_worker))
-    results = decoded.map_batches(
+    decoding = Decoding(options.forward_batch(threads), preprocessing, max_pixels, digest=job["task"] == "embed")
+    if gpus:  # CPU tasks decode beside the GPU workers; CPU workers decode their own (see Decoding)
+        dataset = dataset.map_batches(
+            decode_batch, batch_size=batch, num_cpus=DECODE_CPUS, batch_format="numpy",
+            fn_kwargs={"preprocessing": preprocessing, "max_pixels": max_pixels, "digest": decoding.digest},
+        )  # fmt: skip
+        decoding = dataclasses.replace(decoding, preprocessing=None)
+    results = dataset.map_batches(
         worker,
         batch_size=batch,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=options.num_cpus_per_worker,
         num_gpus=options.num_gpus_per_worker or None,
         batch_format="numpy",
-        fn_constructor_kwargs={"out": out, "device": options.device, "threads": threads, **settings},
+        fn_constructor_kwargs={
+            "out": out,
+            "device": options.device,
+            "threads": threads,
+            "decoding": decoding,
+            **settings,
+        },
     )
     written = failed = 0
     for returned in results.iter_batches(batch_size=None, batch_format="numpy"):
