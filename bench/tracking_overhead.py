@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="train --epochs (default: the demo's)")
     parser.add_argument("--sample", type=float, default=1.0, help="train --sample (default: all the demo)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--keep", type=Path, default=None, help="copy the first untracked run folder here")
     args = parser.parse_args()
     for cls, names in TIMED.items():
         for name in names:
@@ -78,8 +80,11 @@ def main() -> None:
             config = base.replace("train", log=log)
             SPENT[0] = 0.0
             started = time.perf_counter()
-            train(dataclasses.replace(config, out=str(root / f"run{next(counter)}")))
+            index = next(counter)
+            train(dataclasses.replace(config, out=str(root / f"run{index}")))
             seconds = time.perf_counter() - started
+            if args.keep and not log and not args.keep.exists():
+                shutil.copytree(root / f"run{index}", args.keep)
             if log:
                 shares.append((SPENT[0], seconds))
             print(f"  {'with' if log else 'without'} trackers: {seconds:.1f} s"
