@@ -2,26 +2,75 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import write_class_folders, write_labels_csv
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def visiontune(*args: str, cwd: Path | None = None, columns: int = 200) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": str(columns)}
-    return subprocess.run(
-        [sys.executable, "-m", "visiontune", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
-    )
+def visiontune(
+    *args: str, cwd: Path | None = None, columns: int = 200, process: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`visiontune ARGS` as a user runs it: exit code, stdout and stderr.
+
+    In this process by default (the entry point `run()` with argv, streams, COLUMNS and the working
+    folder set as a fresh process would have them, and restored after), which saves each call the
+    2-4 s a new Python process spends importing torch; `process=True` for a real subprocess, where
+    the test is about the process itself (its console, signals, imports, exit).
+    """
+    if process:
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": str(columns)}
+        return subprocess.run(
+            [sys.executable, "-m", "visiontune", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+        )
+    return _in_process(list(args), cwd=cwd, columns=columns)
+
+
+def _in_process(args: list[str], *, cwd: Path | None, columns: int) -> subprocess.CompletedProcess[str]:
+    from visiontune.cli.main import run
+
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    saved = (sys.argv, os.getcwd(), os.environ.get("COLUMNS"), root.handlers[:], root.level, torch.get_num_threads())
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    sys.argv, os.environ["COLUMNS"], code = ["visiontune", *args], str(columns), 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run()
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            except Exception:  # what a real process would print and exit 1 with
+                err.write(traceback.format_exc())
+                code = 1
+    finally:
+        sys.argv, folder, columns_before, root.handlers[:], level, threads = saved
+        os.chdir(folder)
+        root.setLevel(level)
+        torch.set_num_threads(threads)
+        if columns_before is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns_before
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    return subprocess.CompletedProcess(["visiontune", *args], code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -34,7 +83,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: st
 
 
 def test_version_and_help() -> None:
-    assert visiontune("--version").stdout.startswith("visiontune ")
+    assert visiontune("--version", process=True).stdout.startswith("visiontune ")  # the installed entry point
     helptext = visiontune("--help").stdout
     for command in ("datasets", "inspect", "train", "models"):
         assert command in helptext
