@@ -281,7 +281,10 @@ def test_ctrl_c_says_it_stopped_and_how_to_resume(tmp_path: Path, fashion: dict)
     data = write_class_folders(tmp_path / "d", fashion, per_class=12)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200"}
     out = tmp_path / "run"
-    proc = subprocess.Popen(_train_args(data, out, "--epochs", "500"), stderr=subprocess.PIPE, text=True, env=env)
+    # a shell's background job inherits SIGINT ignored, and Python then installs no Ctrl-C handler: a user's
+    # terminal delivers it, so the child starts with the default disposition wherever the tests were launched
+    proc = subprocess.Popen(_train_args(data, out, "--epochs", "500"), stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 120
     while not (out / "checkpoints" / "last.safetensors").is_file() and time.monotonic() < deadline:
         time.sleep(0.1)
