@@ -13,7 +13,7 @@ from PIL import Image
 from tests.conftest import write_class_folders, write_labels_csv
 from tests.data import image_factories as factories
 from visiontune.config import DataConfig
-from visiontune.data.audit import AuditReport, inspect_data, suggest_image_size
+from visiontune.data.audit import AuditReport, inspect_data
 from visiontune.errors import DatasetError
 
 
@@ -187,14 +187,6 @@ def test_folder_without_images_raises(tmp_path: Path) -> None:
     (tmp_path / "cats").mkdir()
     with pytest.raises(DatasetError, match="no labelled images"):
         inspect_data(tmp_path)
-
-
-@pytest.mark.parametrize(
-    ("min_side", "size"),
-    [(28, 112), (32, 128), (40, 160), (64, 224), (100, 224), (150, 224), (300, 288), (512, 384), (4000, 384)],
-)
-def test_suggested_image_size(min_side: int, size: int) -> None:
-    assert suggest_image_size([min_side] * 3)[0] == size
 
 
 def test_symlink_loop_is_a_warning_with_its_path(class_folder: Path, tmp_path: Path) -> None:

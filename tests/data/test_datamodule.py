@@ -106,12 +106,12 @@ def test_dataset_holds_no_decoded_images(class_folder: Path) -> None:
     assert not any(isinstance(v, Image.Image) for v in vars(dataset).values())
 
 
-@pytest.mark.parametrize(
-    ("cpus", "gpu", "workers"),
-    [(2, False, 0), (4, False, 0), (16, False, 4), (64, False, 8), (2, True, 1), (32, True, 8)],
-)
-def test_default_workers_leave_a_cpu_model_its_cores(
-    monkeypatch: pytest.MonkeyPatch, cpus: int, gpu: bool, workers: int
-) -> None:
-    monkeypatch.setattr(loader_module, "available_cpus", lambda: cpus)
-    assert default_num_workers(gpu=gpu) == workers
+def test_default_workers_leave_a_cpu_model_its_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stated policy, for every machine size: with a GPU, every core but one (at most 8); on a CPU, none
+    on small machines (up to 4 cores: the model's threads need them all), else a quarter of the cores (at most 8)."""
+    for cpus in range(1, 129):
+        monkeypatch.setattr(loader_module, "available_cpus", lambda cpus=cpus: cpus)
+        gpu, cpu = default_num_workers(gpu=True), default_num_workers(gpu=False)
+        assert gpu == min(8, cpus - 1), cpus
+        assert cpu == (0 if cpus <= 4 else min(8, cpus // 4)), cpus
+        assert cpu <= cpus // 4 and gpu < cpus  # never every core

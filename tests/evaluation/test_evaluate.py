@@ -107,7 +107,9 @@ def test_misclassified_csv_lists_every_mistake(evaluated: EvalResult, finetuned_
     }
     with open(evaluated.out_dir / "misclassified.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["path", "actual", "predicted", "probability"] if rows else True
+    with open(evaluated.out_dir / "misclassified.csv", newline="") as handle:
+        assert next(csv.reader(handle)) == ["path", "actual", "predicted", "probability"]  # even with no rows
+    assert len(rows) == len(expected)
     assert {(r["path"], r["actual"], r["predicted"]) for r in rows} == set(expected)
     for r in rows:
         assert float(r["probability"]) == pytest.approx(expected[(r["path"], r["actual"], r["predicted"])], abs=1e-4)
@@ -196,7 +198,11 @@ def test_older_bundle_without_threshold_and_with_a_temperature(
     assert m["temperature"] == 2.0 and m["calibration_fitted"] is False
     assert m["ece_before"] == pytest.approx(expected_calibration_error(result.logits.softmax(1), result.targets))
     assert m["ece_after"] == pytest.approx(expected_calibration_error((result.logits / 2).softmax(1), result.targets))
-    assert m["ood"]["threshold"] is None and m["ood"]["flagged_ood"] is None and 0.0 <= m["ood"]["auroc"] <= 1.0
+    assert m["ood"]["threshold"] is None and m["ood"]["flagged_ood"] is None
+    known = (result.logits / 2).softmax(1).max(1).values.numpy()  # the top probability at the bundle's temperature
+    unknown = (result.ood_logits / 2).softmax(1).max(1).values.numpy()
+    assert m["ood"]["auroc_by_score"]["msp"] == pytest.approx(_auroc(known, unknown), abs=1e-6)
+    assert m["ood"]["auroc"] == m["ood"]["auroc_by_score"][m["ood"]["score"]]
     assert m["unknown"]["threshold"] is None and "no unknown threshold" in m["unknown"]["note"]
 
 

@@ -104,3 +104,18 @@ def test_other_pooling_or_mirror_averaging_is_another_recipe(tmp_path: Path, fas
     assert extract_features(paths, model, pool="max", cache=tmp_path / "cache").reused == 0
     assert extract_features(paths, model, tta=True, cache=tmp_path / "cache").reused == 0
     assert extract_features(paths, model, cache=tmp_path / "cache").reused == 6
+
+
+def test_another_image_size_reuses_nothing(tmp_path: Path, fashion: dict) -> None:
+    """The same weights at another input size see other pixels: their vectors are never served for it."""
+    paths = _images(tmp_path / "data", fashion, per_class=2)
+    small = _model()
+    torch.manual_seed(0)
+    large = create_classifier("small_cnn", 3, pretrained=False, image_size=48)
+    large.load_state_dict(small.state_dict())
+    assert weights_digest(large.backbone) == weights_digest(small.backbone)  # only the image size differs
+    extract_features(paths, small, cache=tmp_path / "cache")
+    result = extract_features(paths, large, cache=tmp_path / "cache")
+    assert (result.extracted, result.reused) == (6, 0)
+    np.testing.assert_allclose(result.features, extract_features(paths, large, cache=False).features, atol=1e-5)
+    assert extract_features(paths, small, cache=tmp_path / "cache").reused == 6  # each size keeps its own

@@ -131,6 +131,16 @@ def test_tta_averages_mirror_and_zoom_views(finetuned_run: Path, trained_data: P
     plain, averaged = predictor.predict_proba(images), predictor.predict_proba(images, tta=True)
     assert averaged.shape == plain.shape and not np.allclose(averaged, plain)
     assert averaged.sum(1) == pytest.approx(np.ones(6), abs=1e-5)
+    # the average of the four views' calibrated probabilities, each view scored on its own
+    model, meta = load_bundle(finetuned_run)
+    transform = build_transform(meta.preprocessing)
+    batch = torch.stack([transform(open_image(p)) for p in images])
+    with torch.inference_mode():
+        per_view = torch.stack([(model(v) / meta.calibration.temperature).softmax(1) for v in tta_views(batch)])
+    assert not np.allclose(per_view[0].numpy(), per_view[2].numpy(), atol=1e-3)  # views that differ
+    np.testing.assert_allclose(averaged, per_view.mean(0).numpy(), atol=1e-4)
+    top = predictor.predict(images, tta=True, topk=1)  # predict (which also embeds for the k-NN score) agrees
+    assert [p.probability for p in top] == pytest.approx(averaged.max(1).tolist(), abs=1e-4)
 
 
 def test_unknown_model_names_and_folders_are_clear(tmp_path: Path) -> None:

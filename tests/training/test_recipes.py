@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,7 +14,9 @@ from safetensors.torch import load_file
 
 from tests.conftest import write_class_folders
 from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig
+from visiontune.training.callbacks import Callback
 from visiontune.training.pipeline import train
+from visiontune.training.trainer import Trainer
 
 
 def _run(data: Path, out: Path, *, model: str = "mlp", **finetune: object) -> RunConfig:
@@ -54,10 +57,25 @@ def test_accumulating_two_batches_of_8_equals_one_batch_of_16(tiny: Path, tmp_pa
     assert any(not torch.allclose(a[k], c[k], atol=1e-4) for k in model_keys)
 
 
-def test_lr_auto_runs_the_range_test_and_records_the_rate(tiny: Path, tmp_path: Path) -> None:
-    result = train(_run(tiny, tmp_path / "auto", lr=None))
+def test_lr_auto_runs_the_range_test_and_records_the_rate(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found, peaks = [], []
+    lr_find = Trainer.lr_find
+    monkeypatch.setattr(Trainer, "lr_find", lambda self, **kw: found.append(lr_find(self, **kw)) or found[-1])
+
+    class Peak(Callback):
+        def before_epoch(self, trainer: Trainer) -> None:
+            peaks.append(max(group["max_lr"] for group in trainer.optimizer.param_groups))
+
+    result = train(_run(tiny, tmp_path / "auto", lr=None), callbacks=[Peak()])
     lr = yaml.safe_load((result.run_dir / "config.yaml").read_text())["finetune"]["lr"]
-    assert isinstance(lr, float) and 1e-6 < lr < 1.0
+    (curve,) = found
+    assert lr == pytest.approx(curve.suggestion, rel=1e-2)  # the range test's suggestion, recorded...
+    assert peaks == [pytest.approx(lr)]  # ...and the rate that ran
+    losses = curve.losses  # smoothed
+    at = curve.lrs.index(curve.suggestion)
+    assert at < int(np.argmin(losses)) and losses[at] < losses[0]  # where the loss falls, before it blows up
     assert (result.run_dir / "lr_find.png").stat().st_size > 10_000
     assert len(_rows(result.run_dir)) == 1
 
