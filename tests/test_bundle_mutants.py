@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from sklearn.datasets import load_digits
 
 from tests.test_bundle import CLASSES, edit_meta, tiny_bundle
@@ -129,3 +130,14 @@ def test_weights_that_are_missing_or_do_not_fit_are_one_line_errors(tmp_path: Pa
     (bundle / WEIGHTS_FILE).unlink()
     edit_meta(bundle, {"arch": arch, "weights": None})
     assert _error(bundle).startswith(f"{bundle / WEIGHTS_FILE}: unreadable weights (")
+
+
+def test_weights_are_loaded_strictly(tmp_path: Path) -> None:
+    """A weights file missing a tensor must not load with that layer left at random values."""
+    bundle = tiny_bundle(tmp_path / "model")
+    state = load_file(str(bundle / WEIGHTS_FILE))
+    dropped = sorted(state)[-1]
+    save_file({k: v for k, v in state.items() if k != dropped}, str(bundle / WEIGHTS_FILE))
+    edit_meta(bundle, {"weights": None})  # as an older bundle, so the checksum does not catch it first
+    text = _error(bundle)
+    assert text.startswith(f"{bundle}: weights do not fit the architecture in bundle.json (") and dropped in text
