@@ -42,7 +42,7 @@ test-all: lint
 # Mutation testing of data/split.py, data/sources.py, calibration.py and bundle.py against their fast tests
 # ([tool.mutmut] in pyproject.toml); not part of `make test` or CI: about 30 min on 2 cores. Results: docs/mutation.md.
 mutation: $(STAMP)
-	nice -n 19 $(BIN)/mutmut run --max-children 2
+	OMP_NUM_THREADS=1 nice -n 19 $(BIN)/mutmut run --max-children 2  # forked torch + OpenMP pool: deadlock
 	$(BIN)/python scripts/mutation_summary.py --survivors
 
 format: $(STAMP)
