@@ -207,7 +207,8 @@ def load_bundle(path: str | Path, *, device: str | torch.device = "cpu") -> tupl
         model = build_model(meta.arch)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, TypeError, ValueError, VisiontuneError) as exc:
-        raise BundleError(f"{folder}: weights do not fit the architecture in {META_FILE} ({exc})") from exc
+        reason = " ".join(str(exc).split())  # torch lists each mismatched tensor on its own line: one line here
+        raise BundleError(f"{folder}: weights do not fit the architecture in {META_FILE} ({reason})") from exc
     outputs = getattr(model, "num_classes", len(meta.classes))
     if outputs != len(meta.classes):
         raise BundleError(
