@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save, save_file
 
 from visiontune.errors import BundleError
 
@@ -73,6 +73,19 @@ class KNNDetector:
         save_file({"bank": self.bank.half().contiguous()}, str(path), metadata={"k": str(self.k)})
         return path
 
+    def to_bytes(self) -> bytes:
+        """The bank as safetensors bytes (what an ONNX export's metadata carries, base64-encoded)."""
+        return save({"bank": self.bank.half().contiguous()}, metadata={"k": str(self.k)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, block: dict[str, Any], *, where: str) -> KNNDetector:
+        """The detector of `to_bytes`' output, checked against `block`'s checksum."""
+        try:
+            stored = load(data)["bank"]
+        except (SafetensorError, KeyError, ValueError) as exc:
+            raise BundleError(f"{where}: unreadable detector bank ({exc}); export the model again") from exc
+        return cls._checked(stored, block, where)
+
     @classmethod
     def load(cls, folder: Path, block: dict[str, Any]) -> KNNDetector:
         path = folder / str(block.get("file", FILE))
@@ -80,8 +93,12 @@ class KNNDetector:
             stored = load_file(str(path))["bank"]
         except (SafetensorError, OSError, KeyError) as exc:
             raise BundleError(f"{path}: unreadable detector bank ({exc}); retrain, or use --unknown-score msp") from exc
+        return cls._checked(stored, block, str(path))
+
+    @classmethod
+    def _checked(cls, stored: torch.Tensor, block: dict[str, Any], where: str) -> KNNDetector:
         if block.get("sha256") and _digest(stored) != block["sha256"]:
-            raise BundleError(f"{path}: does not match bundle.json's checksum: the file is damaged; retrain")
+            raise BundleError(f"{where}: the detector bank does not match its checksum: it is damaged; retrain")
         return cls(F.normalize(stored.float(), dim=1), k=int(block.get("k", DEFAULT_K)))
 
 

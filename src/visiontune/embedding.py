@@ -30,6 +30,8 @@ def embeddings(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def logits_and_embeddings(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """A forward returning (B, K + D): the logits, then the embedding, from one pass of the backbone."""
+    if callable(getattr(model, "logits_and_embeddings", None)):  # an ONNX graph with its embeddings output
+        return model.logits_and_embeddings  # type: ignore[return-value]
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         if isinstance(model, FeatureClassifier):
@@ -43,5 +45,5 @@ def logits_and_embeddings(model: nn.Module) -> Callable[[torch.Tensor], torch.Te
 
 
 def has_embeddings(model: nn.Module) -> bool:
-    """Whether `model` can give embeddings (a bundle's Classifier; not a plain ImageNet model or ONNX graph)."""
-    return isinstance(model, Classifier)
+    """Whether `model` can give embeddings: a bundle's Classifier, or an ONNX graph exported with them."""
+    return isinstance(model, Classifier) or bool(getattr(model, "embeds", False))

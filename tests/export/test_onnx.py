@@ -52,15 +52,19 @@ def test_metadata_round_trips_and_the_batch_axis_is_dynamic(exported: ExportRepo
     back = meta_from_onnx(model)
     assert back.classes == meta.classes
     assert back.preprocessing == meta.preprocessing
-    # everything but the k-NN detector's bank: the graph has no embedding output, so ONNX scores with msp
-    assert meta.calibration.detector is not None and back.calibration.detector is None
-    assert back.calibration == dataclasses.replace(meta.calibration, detector=None)
+    # the k-NN detector's bank travels in the metadata too: the .onnx file alone scores "knn"
+    assert meta.calibration.detector is not None and back.calibration.detector is not None
+    assert torch.equal(back.calibration.detector.bank, meta.calibration.detector.bank)
+    assert back.calibration.detector.k == meta.calibration.detector.k
+    plain = dataclasses.replace(meta.calibration, detector=None)
+    assert dataclasses.replace(back.calibration, detector=None) == plain
     assert back.arch == meta.arch
     proto = onnx.load(str(exported.path))
     props = {p.key: p.value for p in proto.metadata_props}
     assert {"classes", "preprocessing", "calibration", "weights_sha256"} <= set(props)  # plain keys, any reader
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
     height, width = meta.preprocessing.image_size
+    assert [output.name for output in proto.graph.output] == ["logits", "embeddings"]
     for batch in (1, 5):
         assert model(torch.zeros(batch, 3, height, width)).shape == (batch, len(meta.classes))
 
@@ -69,12 +73,13 @@ def test_onnx_backend_gives_torch_top1_on_the_test_split(
     exported: ExportReport, finetuned_run: Path, trained_data: Path
 ) -> None:
     images = [p for p, _ in _test_images(trained_data)]
-    # the ONNX graph gives no embedding, so its unknown verdict uses msp: compare torch at that score
-    torch_side = visiontune.load(finetuned_run, device="cpu").predict(images, topk=3, unknown_score="msp")
+    # the graph's embeddings and the metadata's bank give the bundle's own "knn" score, as torch computes it
+    torch_side = visiontune.load(finetuned_run, device="cpu").predict(images, topk=3)
     onnx_side = visiontune.load(exported.path).predict(images, topk=3)
-    assert {p.score_name for p in onnx_side} == {"msp"}
+    assert {p.score_name for p in onnx_side} == {p.score_name for p in torch_side} == {"knn"}
     assert [p.label for p in onnx_side] == [p.label for p in torch_side]
     assert [p.unknown for p in onnx_side] == [p.unknown for p in torch_side]
+    assert [p.score for p in onnx_side] == pytest.approx([p.score for p in torch_side], abs=1e-4)
     diffs = [abs(a.probability - b.probability) for a, b in zip(onnx_side, torch_side, strict=True)]
     assert max(diffs) <= TOLERANCE
 

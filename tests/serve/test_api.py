@@ -151,8 +151,9 @@ def test_serving_an_onnx_file_gives_torch_top1_on_the_test_split(
         assert client.get("/info").json()["backend"] == "onnx"
         files = [("files", (p.name, p.read_bytes(), "image/png")) for p in test_images]
         answers = client.post("/predict/batch?topk=1", files=files).json()
-    # the ONNX graph gives logits only: the k-NN score falls back to msp there
-    expected = served_predictor.predict(test_images, topk=1, unknown_score="msp")
+    # the graph's embeddings and the bank in its metadata give the bundle's own k-NN score
+    expected = served_predictor.predict(test_images, topk=1)
+    assert {a["unknown_score"]["name"] for a in answers} == {p.score_name for p in expected} == {"knn"}
     assert [a["predictions"][0]["label"] for a in answers] == [p.label for p in expected]
     assert [a["unknown"] for a in answers] == [p.unknown for p in expected]
 

@@ -3,8 +3,10 @@
 The graph is `Classifier.forward` traced by torch.export (`torch.onnx.export(dynamo=True)`, the
 exporter PyTorch maintains) with a dynamic batch axis:
 
-    images  (batch, 3, H, W) float32, RGB scaled to 0..1, then (x - mean) / std
-    logits  (batch, K) float32;  probabilities = softmax(logits / temperature)
+    images      (batch, 3, H, W) float32, RGB scaled to 0..1, then (x - mean) / std
+    logits      (batch, K) float32;  probabilities = softmax(logits / temperature)
+    embeddings  (batch, D) float32, the pooled features the "knn" unknown score reads (bundles
+                with a k-NN detector; its bank is in the metadata, so the file alone scores it)
 
 Resizing stays outside the graph (it depends on each image's size), so the metadata says how:
 `preprocessing` (size, mean, std, interpolation, resize mode), `classes`, `calibration`
@@ -14,6 +16,7 @@ the weights the graph came from. `visiontune.predict.onnx_backend` reads them ba
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -26,9 +29,12 @@ import torch
 
 from visiontune.bundle import BundleMeta, load_bundle, read_meta, resolve_bundle_path
 from visiontune.data.fileinfo import default_cache_path
+from visiontune.embedding import has_embeddings, logits_and_embeddings
 from visiontune.errors import BundleError, ConfigError, MissingPackageError, ModelError
 from visiontune.io import atomic_path
 from visiontune.predict.onnx_backend import (
+    DETECTOR_KEY,
+    EMBEDDING_NAME,
     INPUT_NAME,
     ONNX_FILE,
     ONNX_FORMAT,
@@ -75,15 +81,17 @@ def to_onnx(
     height, width = meta.preprocessing.image_size
     example = torch.randn(2, 3, height, width)  # 2, not 1: a batch of one would be specialised into the graph
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    embeds = meta.calibration.detector is not None and has_embeddings(model)
+    graph = _LogitsAndEmbeddings(model, len(meta.classes)) if embeds else model
     try:
         with _quiet():
             # torch.export first, so a model that can't be traced fails here with its reason, rather than
             # torch.onnx falling back to the TorchScript exporter and a graph with a fixed batch size
-            traced = torch.export.export(model.eval().float(), (example,), dynamic_shapes=({0: batch},), strict=False)
+            traced = torch.export.export(graph.eval().float(), (example,), dynamic_shapes=({0: batch},), strict=False)
             program = torch.onnx.export(
                 traced,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=[OUTPUT_NAME, EMBEDDING_NAME] if embeds else [OUTPUT_NAME],
                 opset_version=opset,
                 dynamo=True,
                 external_data=False,
@@ -114,7 +122,22 @@ def metadata(meta: BundleMeta, *, weights: str | None = None) -> dict[str, str]:
     }
     if weights:
         props["weights_sha256"] = weights
+    if meta.calibration.detector is not None:
+        props[DETECTOR_KEY] = base64.b64encode(meta.calibration.detector.to_bytes()).decode("ascii")
+        props["output"] += f"; {EMBEDDING_NAME}: (batch, D) float32, scored against the bank in {DETECTOR_KEY!r}"
     return props
+
+
+class _LogitsAndEmbeddings(torch.nn.Module):
+    """The graph with two outputs: the logits and the pooled embedding, from one pass of the backbone."""
+
+    def __init__(self, model: torch.nn.Module, classes: int) -> None:
+        super().__init__()
+        self.model, self.classes = model, classes
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = logits_and_embeddings(self.model)(images)
+        return outputs[:, : self.classes], outputs[:, self.classes :]
 
 
 def set_metadata(proto: object, props: dict[str, str]) -> None:

@@ -14,6 +14,9 @@ as the torch backend does), and otherwise exports once into the cache folder.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,6 +30,7 @@ from torch import nn
 from visiontune.bundle import WEIGHTS_FILE, BundleMeta
 from visiontune.calibration import Calibration
 from visiontune.data.transforms import Preprocessing
+from visiontune.detector import KNNDetector
 from visiontune.errors import BundleError, MissingPackageError
 from visiontune.system import available_cpus
 
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 ONNX_FORMAT = "visiontune.onnx/1"
 ONNX_FILE = "model.onnx"  # what `visiontune export` writes into the bundle folder by default
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+EMBEDDING_NAME = "embeddings"  # the second output of graphs whose bundle has a k-NN detector
+DETECTOR_KEY = "detector"  # metadata: base64 of the detector bank's safetensors bytes
 # metadata_props keys: plain names, JSON values, readable by any ONNX consumer
 META_KEYS = ("classes", "preprocessing", "calibration", "arch", "metrics")
 
@@ -61,14 +67,25 @@ class OnnxModel(nn.Module):
             raise BundleError(f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from exc
         self.input_name = self.session.get_inputs()[0].name
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.embeds = EMBEDDING_NAME in {output.name for output in self.session.get_outputs()}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = np.ascontiguousarray(images.detach().cpu().float().numpy())  # NCHW, whatever the memory format
-        (logits,) = self.session.run([OUTPUT_NAME], {self.input_name: pixels})
+        (logits,) = self.session.run([OUTPUT_NAME], {self.input_name: _pixels(images)})
         return torch.from_numpy(logits)
+
+    def logits_and_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, K + D): the logits, then the pooled embedding the k-NN score reads, from one run of the graph."""
+        if not self.embeds:
+            raise BundleError(f"{self.path}: the graph has no {EMBEDDING_NAME!r} output; export the model again")
+        logits, embedded = self.session.run([OUTPUT_NAME, EMBEDDING_NAME], {self.input_name: _pixels(images)})
+        return torch.from_numpy(np.concatenate([logits, embedded], axis=1))
 
     def extra_repr(self) -> str:
         return str(self.path)
+
+
+def _pixels(images: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(images.detach().cpu().float().numpy())  # NCHW, whatever the memory format
 
 
 def import_onnxruntime() -> Any:
@@ -91,15 +108,25 @@ def meta_from_onnx(model: OnnxModel) -> BundleMeta:
         )
     try:
         values = {key: json.loads(props[key]) for key in META_KEYS}
-        return BundleMeta(
+        calibration = Calibration.from_dict(values["calibration"])
+        meta = BundleMeta(
             arch=values["arch"],
             classes=list(values["classes"]),
             preprocessing=Preprocessing.from_dict(values["preprocessing"]),
             metrics=values["metrics"],
-            calibration=Calibration.from_dict(values["calibration"]),
+            calibration=_with_detector(calibration, props.get(DETECTOR_KEY), where=str(model.path)),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise BundleError(f"{model.path}: incomplete visiontune metadata ({exc}); export the model again") from exc
+    return meta
+
+
+def _with_detector(calibration: Calibration, encoded: str | None, *, where: str) -> Calibration:
+    """The calibration with the k-NN detector whose bank the metadata carries (when it does)."""
+    if not encoded or not calibration.detector_info:
+        return calibration
+    bank = KNNDetector.from_bytes(base64.b64decode(encoded), dict(calibration.detector_info), where=where)
+    return dataclasses.replace(calibration, detector=bank)
 
 
 def weights_sha256(bundle: Path) -> str:
