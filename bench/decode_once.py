@@ -3,8 +3,8 @@
 2,000 JPEGs of about 400x533 (crops and rescales of the scikit-image photos, one class per photo)
 go through the real Trainer at 128 px, batch 64: one frozen epoch (only the head learns, so the
 data path weighs most; with --unfrozen also one with every layer learning), validation included.
-`plain` decodes every JPEG every epoch (decode_once=False); `cached` first fills the cache (timed on its own: a one-off per
-data set) and then reads it. The two alternate, best run kept, and the ratio is printed.
+`plain` decodes every JPEG every epoch (decode_once=False); `cached` first fills the cache (timed
+on its own: a one-off per data set) and then reads it. The two alternate, best run kept, and the ratio is printed.
 
 Usage:
     python bench/decode_once.py                 # 2,000 JPEGs, 128 px, 2 repeats
@@ -94,7 +94,8 @@ def main() -> None:
         for repeat in range(args.repeats):
             for side in ("plain", "cached"):
                 cache_dir = Path(tmp) / f"cache-{repeat}"  # a fresh cache each repeat: the fill is timed
-                run = one_run(root, cached=side == "cached", size=args.size, cache_dir=cache_dir, unfrozen=args.unfrozen)
+                cached = side == "cached"
+                run = one_run(root, cached=cached, size=args.size, cache_dir=cache_dir, unfrozen=args.unfrozen)
                 results[side].append(run)
                 print(side, {k: round(v, 3) for k, v in results[side][-1].items()}, flush=True)
     print(f"\n{args.images} JPEGs (~400x533), {args.size} px, batch 64, load average {os.getloadavg()[0]:.1f}")
