@@ -285,6 +285,7 @@ class TrainConfig:
     mlflow_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db here)
     mlflow_experiment: str | None = None  # None: named after the data folder
     budget: str | None = None  # a time budget ("10m", "90s", "1.5h"): training.budget plans a recipe that fits
+    decode_once: bool = True  # fine-tuning decodes each file once into data.decoded's cache, read by every epoch
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)

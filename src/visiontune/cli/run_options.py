@@ -88,6 +88,8 @@ RUN_OPTIONS = (
     opt("mlflow_experiment", "train", str, "MLflow experiment name (default: the data folder's name)."),
     opt("corrections", "data", str, "corrections.csv to apply (default: DATA's own, if any; 'none': off)."),
     opt("budget", "train", str, "Time budget, e.g. 10m: image size and epochs (or frozen features) chosen to fit."),
+    opt("decode_once", "train", bool, "Decode each image file once into ~/.cache/visiontune/decoded (default).",
+        flags=("--decode-once/--no-decode-once",)),
 )  # fmt: skip
 SEED_SECTIONS = ("data", "train")  # --seed sets the split's seed and training's
 

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -183,6 +184,8 @@ class DecodedCache:
         """
         known = digests if digests is not None else [None] * len(paths)
         todo = [(str(p), d) for p, d in zip(paths, known, strict=True) if d is None or d not in self]
+        if todo and not self._room_for(len(todo)):
+            return 0
         added = 0
         self._load()  # before the threads ask
         with ThreadPoolExecutor(max(1, available_cpus())) as pool:  # PIL decodes and resizes without the GIL
@@ -193,6 +196,18 @@ class DecodedCache:
         if added:
             log.info("decoded %d images once into %s", added, self.folder)
         return added
+
+    def _room_for(self, count: int) -> bool:
+        """Whether `count` images fit in a quarter of the free disk (an estimate: 3 bytes a pixel, 4:3 photos)."""
+        height, width = self.recipe.get("cover") or self.recipe["preprocessing"]["image_size"]
+        need = count * height * width * 3 * 4 // 3
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if need > free // 4:
+            log.warning("not keeping decoded images in %s: %d images need ~%d MB of the %d MB free; every epoch"
+                        " decodes them instead", self.root, count, need >> 20, free >> 20)  # fmt: skip
+            return False
+        return True
 
     def _decode(self, item: tuple[str, str | None]) -> tuple[str, np.ndarray] | None:
         path, known = item

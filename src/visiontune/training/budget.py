@@ -147,17 +147,22 @@ def measure(
     that advances a fake `clock`). With one size the per-pixel cost is taken as all of it.
     """
     step = step or _step
-    trial = copy.deepcopy(model)
-    per_kind = {}
-    for kind in ("train", "frozen", "infer"):
-        points = []
-        for size in sizes:
-            step(trial, kind, size, batch)  # warm-up: allocations, kernel choices
-            started = clock()
-            step(trial, kind, size, batch)
-            points.append((size * size, (clock() - started) / batch))
-        per_kind[kind] = _line(points)
-    return Costs(**per_kind, decode=_decode_time(files, clock))
+    trial = copy.deepcopy(model).to("cuda" if torch.cuda.is_available() else "cpu")
+    per_kind: dict[str, list[tuple[int, float]]] = {"train": [], "frozen": [], "infer": []}
+    for size in sorted(sizes, reverse=True):  # the run's own size first: it must work
+        try:
+            for kind, points in per_kind.items():
+                step(trial, kind, size, batch)  # warm-up: allocations, kernel choices
+                started = clock()
+                step(trial, kind, size, batch)
+                points.append((size * size, (clock() - started) / batch))
+        except (RuntimeError, ValueError, AssertionError) as exc:  # a backbone fixed to its own input size
+            if not per_kind["infer"]:
+                raise
+            log.debug("can't time %d px (%s); the estimate scales from %d px", size, exc, max(sizes))
+            per_kind = {kind: points[:1] for kind, points in per_kind.items()}
+    lines = {kind: _line(sorted(points)) for kind, points in per_kind.items()}
+    return Costs(**lines, decode=_decode_time(files, clock))
 
 
 def _line(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -170,20 +175,18 @@ def _line(points: list[tuple[int, float]]) -> tuple[float, float]:
 
 
 def _step(model: torch.nn.Module, kind: str, size: int, batch: int) -> None:
-    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))  # the run's RNG untouched
-    if kind == "infer":
-        model.eval()
-        with torch.inference_mode():
-            model(images)
-        return
-    model.train()
-    if kind == "frozen":
+    device = next(model.parameters()).device
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)  # run's RNG kept
+    model.train(kind != "infer")
+    if kind == "train":
+        logits = model(images)
+        F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=device)).backward()
+        model.zero_grad(set_to_none=True)
+    else:
         with torch.no_grad():
             model(images)
-        return
-    logits = model(images)
-    F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long)).backward()
-    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _decode_time(files: Sequence[Path], clock: Clock) -> float:
