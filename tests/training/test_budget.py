@@ -45,14 +45,14 @@ def test_measured_costs_recover_the_machine_speed(costs: Costs) -> None:
         assert getattr(costs, kind) == pytest.approx((fixed, per_pixel), rel=1e-6)
     # the default demo recipe at 112 px, by hand: decode 4000 x 0.2 ms = 0.8 s; frozen epoch 3200 x 7.27 ms
     # + validation 800 x 6.02 ms = 28.1 s; 6 x (3200 x 22.07 ms + 4.8 s) = 452.6 s; final scores and the
-    # detector's bank (2 x 800 + 3200) x 6.02 ms = 28.9 s
+    # detector's bank (2 x 800 + 3200) x 6.02 ms = 28.9 s; the bundle 2 s
     seconds = estimate(costs, DEMO, method="finetune", size=112, freeze_epochs=1, epochs=6)
-    assert seconds == pytest.approx(0.8 + 28.1 + 452.6 + 28.9, abs=0.2)
+    assert seconds == pytest.approx(0.8 + 28.1 + 452.6 + 28.9 + 2.0, abs=0.2)
 
 
 def test_the_plan_fits_the_budget_and_grows_with_it(costs: Costs) -> None:
     plans = [
-        plan_budget(costs, DEMO, seconds=m * 60, default_size=112, freeze_epochs=1, epochs=6) for m in (2, 5, 10)
+        plan_budget(costs, DEMO, seconds=m * 60, largest_size=112, freeze_epochs=1, most_epochs=6) for m in (2, 5, 10)
     ]
     for minutes, plan in zip((2, 5, 10), plans, strict=True):
         assert plan.method == "finetune" and plan.seconds <= 0.9 * minutes * 60
@@ -65,8 +65,14 @@ def test_the_plan_fits_the_budget_and_grows_with_it(costs: Costs) -> None:
     assert plans[0].image_size == 64 and plans[0].epochs + plans[0].freeze_epochs >= 2  # 2 min: smaller, fewer
 
 
+def test_a_budget_larger_than_the_default_needs_buys_epochs_and_pixels(costs: Costs) -> None:
+    default = estimate(costs, DEMO, method="finetune", size=64, freeze_epochs=0, epochs=3)
+    plan = plan_budget(costs, DEMO, seconds=4 * default, largest_size=128, freeze_epochs=0, most_epochs=8)
+    assert plan.image_size > 64 and plan.epochs > 3 and plan.seconds <= 0.9 * 4 * default
+
+
 def test_a_budget_too_small_for_fine_tuning_plans_frozen_features(costs: Costs) -> None:
-    plan = plan_budget(costs, DEMO, seconds=30, default_size=112, freeze_epochs=1, epochs=6)
+    plan = plan_budget(costs, DEMO, seconds=30, largest_size=112, freeze_epochs=1, most_epochs=6)
     assert plan.method == "features" and plan.seconds <= 27
     assert candidate_sizes(224) == list(range(224, 63, -16)) and candidate_sizes(28) == [28]
 

@@ -91,7 +91,7 @@ def estimate(costs: Costs, workload: Workload, *, method: str, size: int, freeze
     """Seconds a recipe takes from here: decoding once, epochs with validation, final scoring and the bank."""
     infer = costs.per_image("infer", size)
     decode = workload.decode * costs.decode
-    final = (2 * workload.valid + workload.test + min(workload.train, BANK_CAP)) * infer  # scores, detector bank
+    final = finishing(costs, workload, size)
     if method == "features":
         return decode + (workload.train + workload.valid + workload.test) * infer + final / 4  # heads: seconds
     validate = workload.valid * infer
@@ -100,10 +100,15 @@ def estimate(costs: Costs, workload: Workload, *, method: str, size: int, freeze
     return decode + frozen + unfrozen + final
 
 
-def candidate_sizes(default: int, *, step: int = 16) -> list[int]:
-    """The default size and smaller multiples of `step` down to MIN_SIZE (or the default, if smaller)."""
-    sizes = list(range(default, min(MIN_SIZE, default) - 1, -step))
-    return sizes or [default]
+def finishing(costs: Costs, workload: Workload, size: int) -> float:
+    """Seconds after the last epoch: valid and test scored, the k-NN detector's bank embedded, the bundle."""
+    return (2 * workload.valid + workload.test + min(workload.train, BANK_CAP)) * costs.per_image("infer", size) + 2.0
+
+
+def candidate_sizes(largest: int, *, step: int = 16) -> list[int]:
+    """`largest` and smaller multiples of `step` down to MIN_SIZE (or `largest` itself, if smaller)."""
+    sizes = list(range(largest, min(MIN_SIZE, largest) - 1, -step))
+    return sizes or [largest]
 
 
 def _quality(size: int, freeze_epochs: int, epochs: int) -> float:
@@ -112,21 +117,32 @@ def _quality(size: int, freeze_epochs: int, epochs: int) -> float:
 
 
 def plan_budget(
-    costs: Costs, workload: Workload, *, seconds: float, default_size: int, freeze_epochs: int, epochs: int
+    costs: Costs,
+    workload: Workload,
+    *,
+    seconds: float,
+    largest_size: int,
+    freeze_epochs: int,
+    most_epochs: int,
 ) -> Plan:
-    """The most accurate recipe expected to finish in `seconds` (with SAFETY's margin), or the fastest there is."""
+    """The most accurate recipe expected to finish in `seconds` (with SAFETY's margin), or the fastest there is.
+
+    Sizes run from `largest_size` down, epochs from `most_epochs` down, with or without the frozen
+    ones: a budget larger than the default recipe needs buys more epochs or pixels, a smaller one fewer.
+    """
     fits, allowed = [], seconds * SAFETY
-    for size in candidate_sizes(default_size):
+    sizes = candidate_sizes(largest_size)
+    for size in sizes:
         for frozen in sorted({freeze_epochs, 0}):
-            for e in range(epochs if frozen else max(epochs, 1), 0, -1):
+            for e in range(max(most_epochs, 1), 0, -1):
                 time_s = estimate(costs, workload, method="finetune", size=size, freeze_epochs=frozen, epochs=e)
                 if time_s <= allowed:
                     fits.append((_quality(size, frozen, e), Plan("finetune", size, frozen, e, time_s)))
     if fits:
         return max(fits, key=lambda f: (f[0], -f[1].seconds))[1]
-    for size in candidate_sizes(default_size):
+    for size in sizes:
         time_s = estimate(costs, workload, method="features", size=size, freeze_epochs=0, epochs=0)
-        if time_s <= allowed or size == candidate_sizes(default_size)[-1]:
+        if time_s <= allowed or size == sizes[-1]:
             return Plan("features", size, 0, 0, time_s)
     raise AssertionError("unreachable")  # candidate_sizes is never empty
 
@@ -232,18 +248,27 @@ class Timing:
 
 
 def plan_run(
-    config: Any, data: Any, model: torch.nn.Module, *, started: float, clock: Clock = time.perf_counter
+    config: Any,
+    data: Any,
+    model: torch.nn.Module,
+    *,
+    started: float,
+    native_size: int,
+    fixed_size: bool = False,
+    clock: Clock = time.perf_counter,
 ) -> tuple[Any, Timing]:
     """The config to run (its recipe chosen to fit `config.train.budget`, when set) and what was planned.
 
     Without a budget the config is unchanged; the estimate is still made, and a long one warned about.
+    Under a budget the input size ranges up to twice the default (at most the backbone's `native_size`)
+    unless the user gave it (`fixed_size`), and the epochs up to 8.
     """
     ft, size = config.finetune, int(config.model.image_size)
     workload = Workload(len(data.split("train")), len(data.split("valid")), len(data.split("test")))
     workload = Workload(workload.train, workload.valid, workload.test, workload.train + workload.valid)
     files = [s.path for s in data.split("train")[:4]]
-    small = candidate_sizes(size)[-1]
-    costs = measure(model, sorted({small, size}), files=files, clock=clock)
+    largest = size if fixed_size else max(size, min(2 * size, native_size))  # a bigger budget may buy pixels
+    costs = measure(model, sorted({candidate_sizes(size)[-1], largest}), files=files, clock=clock)
     method = config.train.method
     freeze = ft.freeze_epochs if method == "finetune" else 0
     epochs = ft.epochs + (ft.freeze_epochs if method == "scratch" else 0)
@@ -253,13 +278,15 @@ def plan_run(
     plan = default
     if budget is not None and method != "features":
         left = budget - (clock() - started)
-        plan = plan_budget(costs, workload, seconds=left, default_size=size, freeze_epochs=freeze, epochs=epochs)
+        most = max(epochs, 8)
+        plan = plan_budget(costs, workload, seconds=left, largest_size=largest, freeze_epochs=freeze, most_epochs=most)
         if plan.method == "finetune" and method == "scratch":
             plan = Plan("scratch", plan.image_size, 0, plan.epochs + plan.freeze_epochs, plan.seconds)
-    reserve = estimate(costs, workload, method="finetune", size=plan.image_size, freeze_epochs=0, epochs=0)
-    reserve += workload.valid * costs.per_image("infer", plan.image_size) + 2.0  # the cut epoch's validation, bundle
-    deadline = started + budget if budget is not None else None
-    return _planned(config, plan), Timing(plan, deadline, reserve, _message(plan, default, budget, clock))
+    # what must still run once training stops: the cut epoch's validation, then finishing
+    reserve = workload.valid * costs.per_image("infer", plan.image_size) + finishing(costs, workload, plan.image_size)
+    if budget is None:
+        return config, Timing(plan, None, reserve, _message(plan, default, budget))
+    return _planned(config, plan), Timing(plan, started + budget, reserve, _message(plan, default, budget))
 
 
 def _planned(config: Any, plan: Plan) -> Any:
@@ -269,7 +296,7 @@ def _planned(config: Any, plan: Plan) -> Any:
     return config.replace("finetune", freeze_epochs=plan.freeze_epochs, epochs=plan.epochs)
 
 
-def _message(plan: Plan, default: Plan, budget: float | None, clock: Clock) -> str:
+def _message(plan: Plan, default: Plan, budget: float | None) -> str:
     finish = time.strftime("%H:%M", time.localtime(time.time() + plan.seconds))
     text = f"plan: {plan.describe()}, about {minutes(plan.seconds)} on this machine (done ~{finish})"
     if budget is not None:

@@ -168,12 +168,13 @@ def prepare(
     if "valid" not in data.splits:
         raise ConfigError(f"{data.root}: training scores its models on a validation split; give --valid-pct above 0")
     ratio = imbalance_ratio(list(Counter(s.label for s in data.split("train")).values()))
+    given_size = config.model.image_size
     config = resolve(config, data, ratio)
     set_seed(config.train.seed)  # the head's (or a scratch model's) initial weights
     model = create_classifier(config.model.backbone, len(data.classes), **_model_kwargs(config))
     timing = None
     if not resume and accelerator.num_processes == 1:  # measured on this machine: one process decides
-        config, timing, model = _timed_plan(config, data, ratio, model, started)
+        config, timing, model = _timed_plan(config, data, ratio, model, started, fixed_size=given_size is not None)
     prepared = Prepared(config, data, run, accelerator, get_monitor(config.train.monitor), ratio, model, resume)
     prepared.timing = timing
     if started is not None:
@@ -184,10 +185,12 @@ def prepare(
 
 
 def _timed_plan(
-    config: RunConfig, data: LabelledImages, ratio: float, model: Any, started: float | None
+    config: RunConfig, data: LabelledImages, ratio: float, model: Any, started: float | None, *, fixed_size: bool
 ) -> tuple[RunConfig, Timing, Any]:
     """The estimate, and under --budget the recipe that fits (its model rebuilt when the size changed)."""
-    planned, timing = plan_run(config, data, model, started=time.perf_counter() if started is None else started)
+    native = get_backbone(config.model.backbone).default_size
+    began = time.perf_counter() if started is None else started
+    planned, timing = plan_run(config, data, model, started=began, native_size=native, fixed_size=fixed_size)
     if planned.train.method != config.train.method:
         planned = resolve(planned, data, ratio)
     if planned.model.image_size != config.model.image_size:
