@@ -156,6 +156,7 @@ def measure(
     files: Sequence[Path] = (),
     clock: Clock = time.perf_counter,
     step: Callable[[torch.nn.Module, str, int, int], None] | None = None,
+    kinds: Sequence[str] = ("train", "frozen", "infer"),
 ) -> Costs:
     """Time one warm-up and the better of two steps of each kind at each of `sizes` on a copy of `model`.
 
@@ -164,7 +165,7 @@ def measure(
     """
     step = step or _step
     trial = copy.deepcopy(model).to("cuda" if torch.cuda.is_available() else "cpu")
-    per_kind: dict[str, list[tuple[int, float]]] = {"train": [], "frozen": [], "infer": []}
+    per_kind: dict[str, list[tuple[int, float]]] = {kind: [] for kind in kinds}
     for size in sorted(sizes, reverse=True):  # the run's own size first: it must work
         try:
             for kind, points in per_kind.items():
@@ -176,6 +177,7 @@ def measure(
             log.debug("can't time %d px (%s); the estimate scales from %d px", size, exc, max(sizes))
             per_kind = {kind: points[:1] for kind, points in per_kind.items()}
     lines = {kind: _line(sorted(points)) for kind, points in per_kind.items()}
+    lines = {"train": lines["infer"], "frozen": lines["infer"], **lines}  # kinds not asked for: not run
     return Costs(**lines, decode=_decode_time(files, clock))
 
 
@@ -273,13 +275,17 @@ def plan_run(
     workload = Workload(workload.train, workload.valid, workload.test, workload.train + workload.valid)
     files = [s.path for s in data.split("train")[:4]]
     largest = size if fixed_size else max(size, min(2 * size, native_size))  # a bigger budget may buy pixels
-    costs = measure(model, sorted({candidate_sizes(size)[-1], largest}), files=files, clock=clock)
     method = config.train.method
+    budget = parse_duration(config.train.budget) if config.train.budget is not None else None
+    if budget is None or method == "features":  # an estimate of the recipe as it stands: one size, what it runs
+        kinds = ("infer",) if method == "features" else ("train", "frozen", "infer")
+        costs = measure(model, [size], files=files, clock=clock, kinds=kinds)
+    else:
+        costs = measure(model, sorted({candidate_sizes(size)[-1], largest}), files=files, clock=clock)
     freeze = ft.freeze_epochs if method == "finetune" else 0
     epochs = ft.epochs + (ft.freeze_epochs if method == "scratch" else 0)
     default = Plan(method, size, freeze, epochs, estimate(costs, workload, method=method, size=size,
                                                           freeze_epochs=freeze, epochs=epochs))  # fmt: skip
-    budget = parse_duration(config.train.budget) if config.train.budget is not None else None
     plan = default
     if budget is not None and method != "features":
         left = budget - (clock() - started)
