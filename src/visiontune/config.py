@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,6 +284,8 @@ class TrainConfig:
     log: tuple[str, ...] = ()  # trackers besides the run folder: tensorboard, mlflow (training.tracking)
     mlflow_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db here)
     mlflow_experiment: str | None = None  # None: named after the data folder
+    budget: str | None = None  # a time budget ("10m", "90s", "1.5h"): training.budget plans a recipe that fits
+    decode_once: bool = True  # fine-tuning decodes each file once into data.decoded's cache, read by every epoch
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -300,11 +303,23 @@ class TrainConfig:
             object.__setattr__(self, "log", tuple(dict.fromkeys(t for t in names if t and t != "none")))
         for tracker in self.log:
             check_choice("log", tracker, TRACKERS)
+        if self.budget is not None:
+            object.__setattr__(self, "budget", str(self.budget).strip())
+            parse_duration(self.budget)
 
     def augment_config(self) -> AugmentConfig:
         """The augmentation preset with the CLI's overrides applied."""
         overrides = {} if self.rotation is None else {"rotation": self.rotation}
         return AugmentConfig.preset(self.augment, **overrides)
+
+
+def parse_duration(text: str | float, name: str = "budget") -> float:
+    """Seconds from '90s', '10m', '1.5h' or a plain number of seconds; ConfigError otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"] if match else 0.0
+    if not 0 < seconds < 1e7:
+        raise ConfigError(f"`{name}` must be a positive duration like 90s, 10m or 1.5h. Received: {name}={text!r}")
+    return seconds
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,9 @@ RUN_OPTIONS = (
     opt("mlflow_uri", "train", str, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     opt("mlflow_experiment", "train", str, "MLflow experiment name (default: the data folder's name)."),
     opt("corrections", "data", str, "corrections.csv to apply (default: DATA's own, if any; 'none': off)."),
+    opt("budget", "train", str, "Time budget, e.g. 10m: image size and epochs (or frozen features) chosen to fit."),
+    opt("decode_once", "train", bool, "Decode each image file once into ~/.cache/visiontune/decoded (default).",
+        flags=("--decode-once/--no-decode-once",)),
 )  # fmt: skip
 SEED_SECTIONS = ("data", "train")  # --seed sets the split's seed and training's
 

@@ -56,12 +56,13 @@ def train_command(
             result = _train_features(run_config, overwrite=overwrite, quiet=quiet, json_lines=json_log)
         _print_result(result, quiet=json_log)
         return
-    from visiontune.training.pipeline import train  # torch, timm: loaded once the options are known to be good
+    from visiontune.training.pipeline import Hooks, train  # torch, timm: loaded once the options are known to be good
 
     display = EpochDisplay(quiet=quiet or json_log, json_lines=json_log)
+    hooks = Hooks(on_plan=_say_plan(quiet=quiet or json_log))
     with says_stopped():
         try:
-            result = train(run_config, callbacks=[display], resume=resume, overwrite=overwrite)
+            result = train(run_config, callbacks=[display], resume=resume, overwrite=overwrite, hooks=hooks)
         finally:  # Ctrl-C or an error mid-epoch: the bar goes before the one-line message comes
             display.close()
     _print_result(result, quiet=json_log)
@@ -111,9 +112,14 @@ def _train_features(run_config: RunConfig, *, overwrite: bool, quiet: bool, json
             )
 
     with progress_bar("embedding images", quiet=quiet or json_lines) as (advance, set_total):
-        return train(
-            run_config, overwrite=overwrite, hooks=Hooks(on_total=set_total, progress=advance, on_head=on_head)
-        )
+        plan = _say_plan(quiet=quiet or json_lines)
+        hooks = Hooks(on_total=set_total, progress=advance, on_head=on_head, on_plan=plan)
+        return train(run_config, overwrite=overwrite, hooks=hooks)
+
+
+def _say_plan(*, quiet: bool) -> Any:
+    """The recipe and its estimated time, one line before training starts (training.budget)."""
+    return None if quiet else lambda message: err_console.print(message, highlight=False)
 
 
 def _float(name: str, text: str) -> float:

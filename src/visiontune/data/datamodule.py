@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from visiontune.config import AugmentConfig, LoaderConfig
 from visiontune.data.dataset import LabelledImages
+from visiontune.data.decoded import DecodedCache, decoded_cache
 from visiontune.data.loader import ImageItems, default_num_workers, image_loader
 from visiontune.data.samplers import EpochSampler, balanced_weights
 from visiontune.data.transforms import Preprocessing, build_transform, pixel_transform
@@ -40,6 +42,8 @@ class DataModule:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     seed: int = 42
     max_pixels: int = 64_000_000
+    decode_once: bool = True  # files decoded once into data.decoded's caches, read by every epoch
+    _caches: dict[bool, DecodedCache] = field(default_factory=dict, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -59,7 +63,21 @@ class DataModule:
             max_pixels=self.max_pixels,
             draft_size=self._draft_size(),
             targets=[self.data.class_to_idx[s.label] for s in samples],
+            decoded=self._decoded(samples, augmenting),
         )
+
+    def _decoded(self, samples: list[Any], augmenting: bool) -> DecodedCache | None:
+        """The split's decoded-once cache, filled with what it lacks: presized for training, final for evaluation."""
+        if not self.decode_once:
+            return None
+        if augmenting not in self._caches:
+            self._caches[augmenting] = decoded_cache(
+                self.preprocessing, train=augmenting, max_pixels=self.max_pixels, draft_size=self._draft_size()
+            )
+        cache = self._caches[augmenting]
+        infos = self.data.infos
+        cache.fill([s.path for s in samples], [i.sha256 if (i := infos.get(s.path)) else None for s in samples])
+        return cache
 
     def _draft_size(self) -> tuple[int, int]:
         # JPEG draft decoding at >= 2x the target keeps random crops sharp while skipping most of the decode

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from visiontune.data.decoded import DecodedCache, cached_or_none
 from visiontune.data.images import DEFAULT_MAX_PIXELS, from_array, open_image, to_rgb
 from visiontune.errors import ImageError
 from visiontune.system import available_cpus
@@ -75,6 +76,7 @@ class ImageItems(Dataset):
         seeds: Sequence[int] | None = None,
         digest: bool = False,
         targets: Sequence[int] | None = None,
+        decoded: DecodedCache | None = None,
     ) -> None:
         files = all(isinstance(i, str | Path) for i in items)
         # fixed-width unicode for files: no refcounts for worker processes to touch
@@ -84,6 +86,7 @@ class ImageItems(Dataset):
         self.seeds = np.array(seeds, dtype=np.int64) if seeds is not None else None
         self.digest = digest
         self.targets = np.asarray(targets if targets is not None else [-1] * len(items), dtype=np.int64)
+        self.decoded = decoded  # files decoded once (data.decoded): read from it, decoded only when missing
 
     def __len__(self) -> int:
         return len(self.items)
@@ -99,6 +102,8 @@ class ImageItems(Dataset):
             seed = int(self.seeds[index])
         try:
             image, digest = self._open(self.items[index])
+            if isinstance(image, torch.Tensor):  # the decoded cache's final pixels: nothing left to do
+                return image, index, None, digest if self.digest else None, int(self.targets[index])
         except ImageError as exc:
             return None, index, exc.reason, None, -1
         except OSError as exc:
@@ -115,6 +120,8 @@ class ImageItems(Dataset):
             if path.is_dir():
                 raise ImageError(path, "is a folder; give image files, or the folder to predict on each image in it")
             data = path.read_bytes()
+            if self.decoded is not None:
+                return self._from_cache(self.decoded, data)
             image = open_image(io.BytesIO(data), max_pixels=self.max_pixels, draft_size=self.draft_size)
             return image, hashlib.sha256(data).hexdigest() if self.digest else None
         if isinstance(item, Image.Image):
@@ -124,6 +131,15 @@ class ImageItems(Dataset):
         if isinstance(item, torch.Tensor):
             return _tensor_image(item), None
         raise ImageError("<input>", f"can't read a {type(item).__name__}; give a path, PIL image, array or tensor")
+
+    def _from_cache(self, cache: DecodedCache, data: bytes) -> tuple[Image.Image | torch.Tensor, str]:
+        """The file's pixels from the decoded cache when it has them (a changed file is a miss and is decoded)."""
+        pixels, digest = cached_or_none(cache, data)
+        if pixels is None:
+            return open_image(io.BytesIO(data), max_pixels=self.max_pixels, draft_size=self.draft_size), digest
+        if cache.final:
+            return torch.from_numpy(np.array(pixels)), digest
+        return Image.fromarray(np.array(pixels)), digest
 
 
 def collate_items(rows: list[Row]) -> Batch:

@@ -42,6 +42,7 @@ def fit_finetune(p: Prepared, hooks: Hooks) -> Fitted:
         LoaderConfig(batch_size=cfg.batch_size, num_workers=train.num_workers),
         seed=train.seed,
         max_pixels=p.config.data.max_pixels,
+        decode_once=train.decode_once,
     )
     balance = resolve_balance(cfg, p.imbalance)
     stopwatch = Stopwatch(p.started)

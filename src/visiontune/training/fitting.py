@@ -35,6 +35,7 @@ class Prepared:
     model: Classifier
     resume: bool
     started: float = field(default_factory=time.perf_counter)  # when this session's pipeline started
+    timing: Any = None  # training.budget.Timing: the plan and its estimate, the budget's deadline
 
     @property
     def is_main(self) -> bool:
@@ -69,3 +70,4 @@ class Hooks:
     on_total: Callable[[int], None] | None = None
     progress: Callable[[int], None] | None = None
     on_head: Callable[[Any], None] | None = None
+    on_plan: Callable[[str], None] | None = None  # the recipe and its estimated time (training.budget), once

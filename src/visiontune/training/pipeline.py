@@ -40,6 +40,7 @@ from visiontune.inference import resolve_precision
 from visiontune.models import create_classifier, get_backbone
 from visiontune.runs.folder import RunFolder
 from visiontune.system import hardware, library_versions
+from visiontune.training.budget import BudgetStop, Timing, plan_run
 from visiontune.training.checkpoint import CheckpointError
 from visiontune.training.events import Callback
 from visiontune.training.finetune import fit_finetune
@@ -109,6 +110,7 @@ def train(
             prepared = prepare(
                 config, run, accelerator, resume=resume is not None, label_func=label_func, started=started
             )
+            features, hooks = _with_timing(prepared, hooks)
             with tracking.started(prepared):
                 hooks = tracking.hooks(hooks)
                 fitted = tracking.remember(fit_features(prepared, hooks) if features else fit_finetune(prepared, hooks))
@@ -117,6 +119,18 @@ def train(
             return result
         except KeyboardInterrupt as exc:
             raise Interrupted(_stopped(run, features=features)) from exc
+
+
+def _with_timing(p: Prepared, hooks: Hooks) -> tuple[bool, Hooks]:
+    """Whether the (possibly planned) method is features, and the hooks with the budget's stop added."""
+    timing = p.timing
+    if timing is not None and p.is_main:
+        p.run.update_info({"plan": {**dataclasses.asdict(timing.plan), "budget": p.config.train.budget}})
+        if hooks.on_plan is not None:
+            hooks.on_plan(timing.message)
+    if timing is not None and timing.deadline is not None:
+        hooks = dataclasses.replace(hooks, callbacks=[*hooks.callbacks, BudgetStop(timing.deadline, timing.reserve_s)])
+    return p.config.train.method == "features", hooks
 
 
 def _stopped(run: RunFolder, *, features: bool) -> str:
@@ -154,15 +168,35 @@ def prepare(
     if "valid" not in data.splits:
         raise ConfigError(f"{data.root}: training scores its models on a validation split; give --valid-pct above 0")
     ratio = imbalance_ratio(list(Counter(s.label for s in data.split("train")).values()))
+    given_size = config.model.image_size
     config = resolve(config, data, ratio)
     set_seed(config.train.seed)  # the head's (or a scratch model's) initial weights
     model = create_classifier(config.model.backbone, len(data.classes), **_model_kwargs(config))
+    timing = None
+    if not resume and accelerator.num_processes == 1:  # measured on this machine: one process decides
+        config, timing, model = _timed_plan(config, data, ratio, model, started, fixed_size=given_size is not None)
     prepared = Prepared(config, data, run, accelerator, get_monitor(config.train.monitor), ratio, model, resume)
+    prepared.timing = timing
     if started is not None:
         prepared.started = started
     if prepared.is_main and not resume:
         _write_run_files(prepared)
     return prepared
+
+
+def _timed_plan(
+    config: RunConfig, data: LabelledImages, ratio: float, model: Any, started: float | None, *, fixed_size: bool
+) -> tuple[RunConfig, Timing, Any]:
+    """The estimate, and under --budget the recipe that fits (its model rebuilt when the size changed)."""
+    native = get_backbone(config.model.backbone).default_size
+    began = time.perf_counter() if started is None else started
+    planned, timing = plan_run(config, data, model, started=began, native_size=native, fixed_size=fixed_size)
+    if planned.train.method != config.train.method:
+        planned = resolve(planned, data, ratio)
+    if planned.model.image_size != config.model.image_size:
+        set_seed(planned.train.seed)
+        model = create_classifier(planned.model.backbone, len(data.classes), **_model_kwargs(planned))
+    return planned, timing, model
 
 
 def resolve(config: RunConfig, data: LabelledImages, imbalance: float) -> RunConfig:

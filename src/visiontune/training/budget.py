@@ -1,0 +1,320 @@
+"""Time budgets: measure a few steps on this machine, plan a run that fits, stop it at the deadline.
+
+Nothing here guesses a machine's speed: `measure` times a few training and inference steps of the
+run's own model at two input sizes (a copy of it, so its weights and BatchNorm statistics are left
+alone) and one decode per sample file, and fits seconds per image as fixed + per-pixel cost.
+`estimate` turns those into the seconds a recipe takes (decoding once, the frozen and unfrozen
+epochs with their validation, the final scoring and the k-NN detector's bank), and `plan_budget`
+picks the recipe expected to be most accurate among those that fit: epochs first (accuracy climbs
+steeply over the first three epochs; bench/RESULTS.md), then input size; when no fine-tuning fits,
+frozen features. `BudgetStop` ends training early (the epoch under way is validated and the best
+checkpoint kept) when the run would otherwise overrun.
+
+Every function takes its clock, so tests plan with a fake one.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from visiontune.config import parse_duration
+from visiontune.data.images import open_image
+from visiontune.detector import BANK_CAP
+from visiontune.errors import ImageError
+from visiontune.training.events import Callback
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+MIN_SIZE = 64  # below this, pretrained backbones lose more accuracy than the time saved buys (digits, 28 px)
+SAFETY = 0.9  # plan to this share of the time left; BudgetStop catches the rest
+LONG_S = 15 * 60  # a default run longer than this gets a warning naming the faster options
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Seconds per image on this machine: (fixed, per pixel) for each kind of pass, and one decode."""
+
+    train: tuple[float, float]  # forward + backward with every layer learning
+    frozen: tuple[float, float]  # forward with the backbone frozen (the head's backward is negligible)
+    infer: tuple[float, float]  # evaluation forward
+    decode: float = 0.0  # reading and decoding one file (once: the decoded-image cache keeps it)
+
+    def per_image(self, kind: str, size: int) -> float:
+        fixed, per_pixel = getattr(self, kind)
+        return max(fixed + per_pixel * size * size, 0.0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A recipe and the seconds it is expected to take."""
+
+    method: str  # "finetune" or "features"
+    image_size: int
+    freeze_epochs: int
+    epochs: int
+    seconds: float
+
+    def describe(self) -> str:
+        if self.method == "features":
+            return f"frozen features at {self.image_size} px"
+        frozen = f"{self.freeze_epochs} frozen + " if self.freeze_epochs else ""
+        return f"{frozen}{self.epochs} epoch(s) at {self.image_size} px"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How many images each pass reads: training, evaluation (valid + test) and files still to decode."""
+
+    train: int
+    valid: int
+    test: int = 0
+    decode: int = 0
+
+
+def estimate(costs: Costs, workload: Workload, *, method: str, size: int, freeze_epochs: int, epochs: int) -> float:
+    """Seconds a recipe takes from here: decoding once, epochs with validation, final scoring and the bank."""
+    infer = costs.per_image("infer", size)
+    decode = workload.decode * costs.decode
+    final = finishing(costs, workload, size)
+    if method == "features":
+        return decode + (workload.train + workload.valid + workload.test) * infer + final / 4  # heads: seconds
+    validate = workload.valid * infer
+    frozen = freeze_epochs * (workload.train * costs.per_image("frozen", size) + validate)
+    unfrozen = epochs * (workload.train * costs.per_image("train", size) + validate)
+    return decode + frozen + unfrozen + final
+
+
+def finishing(costs: Costs, workload: Workload, size: int) -> float:
+    """Seconds after the last epoch: valid and test scored, the k-NN detector's bank embedded, the bundle."""
+    return (2 * workload.valid + workload.test + min(workload.train, BANK_CAP)) * costs.per_image("infer", size) + 2.0
+
+
+def candidate_sizes(largest: int, *, step: int = 16) -> list[int]:
+    """`largest` and smaller multiples of `step` down to MIN_SIZE (or `largest` itself, if smaller)."""
+    sizes = list(range(largest, min(MIN_SIZE, largest) - 1, -step))
+    return sizes or [largest]
+
+
+def _quality(size: int, freeze_epochs: int, epochs: int) -> float:
+    """A rough order of expected accuracy: epochs count most (and a frozen one half), then size."""
+    return math.log2(1 + epochs + 0.5 * freeze_epochs) + 0.75 * math.log2(size / MIN_SIZE)
+
+
+def plan_budget(
+    costs: Costs,
+    workload: Workload,
+    *,
+    seconds: float,
+    largest_size: int,
+    freeze_epochs: int,
+    most_epochs: int,
+) -> Plan:
+    """The most accurate recipe expected to finish in `seconds` (with SAFETY's margin), or the fastest there is.
+
+    Sizes run from `largest_size` down, epochs from `most_epochs` down, with or without the frozen
+    ones: a budget larger than the default recipe needs buys more epochs or pixels, a smaller one fewer.
+    """
+    fits, allowed = [], seconds * SAFETY
+    sizes = candidate_sizes(largest_size)
+    for size in sizes:
+        for frozen in sorted({freeze_epochs, 0}):
+            for e in range(max(most_epochs, 1), 0, -1):
+                time_s = estimate(costs, workload, method="finetune", size=size, freeze_epochs=frozen, epochs=e)
+                if time_s <= allowed:
+                    fits.append((_quality(size, frozen, e), Plan("finetune", size, frozen, e, time_s)))
+    if fits:
+        return max(fits, key=lambda f: (f[0], -f[1].seconds))[1]
+    for size in sizes:
+        time_s = estimate(costs, workload, method="features", size=size, freeze_epochs=0, epochs=0)
+        if time_s <= allowed or size == sizes[-1]:
+            return Plan("features", size, 0, 0, time_s)
+    raise AssertionError("unreachable")  # candidate_sizes is never empty
+
+
+# ------------------------------------------------------------------------------------- measuring
+def measure(
+    model: torch.nn.Module,
+    sizes: Sequence[int],
+    *,
+    batch: int = 16,
+    files: Sequence[Path] = (),
+    clock: Clock = time.perf_counter,
+    step: Callable[[torch.nn.Module, str, int, int], None] | None = None,
+    kinds: Sequence[str] = ("train", "frozen", "infer"),
+) -> Costs:
+    """Time one warm-up and the better of two steps of each kind at each of `sizes` on a copy of `model`.
+
+    `step(model, kind, size, batch)` runs one step (the real one by default; tests pass a fake
+    that advances a fake `clock`). With one size the per-pixel cost is taken as all of it.
+    """
+    step = step or _step
+    trial = copy.deepcopy(model).to("cuda" if torch.cuda.is_available() else "cpu")
+    per_kind: dict[str, list[tuple[int, float]]] = {kind: [] for kind in kinds}
+    for size in sorted(sizes, reverse=True):  # the run's own size first: it must work
+        try:
+            for kind, points in per_kind.items():
+                step(trial, kind, size, batch)  # warm-up: allocations, kernel choices
+                points.append((size * size, min(_timed(step, trial, kind, size, batch, clock) for _ in range(2))))
+        except (RuntimeError, ValueError, AssertionError) as exc:  # a backbone fixed to its own input size
+            if not per_kind["infer"]:
+                raise
+            log.debug("can't time %d px (%s); the estimate scales from %d px", size, exc, max(sizes))
+            per_kind = {kind: points[:1] for kind, points in per_kind.items()}
+    lines = {kind: _line(sorted(points)) for kind, points in per_kind.items()}
+    lines = {"train": lines["infer"], "frozen": lines["infer"], **lines}  # kinds not asked for: not run
+    return Costs(**lines, decode=_decode_time(files, clock))
+
+
+def _timed(step: Callable[..., None], model: torch.nn.Module, kind: str, size: int, batch: int, clock: Clock) -> float:
+    """Seconds per image of one step; the better of two is kept (a busy machine only ever slows one down)."""
+    started = clock()
+    step(model, kind, size, batch)
+    return (clock() - started) / batch
+
+
+def _line(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """(fixed, per pixel) through two (pixels, seconds) points; through the origin for one."""
+    if len(points) == 1 or points[0][0] == points[-1][0]:
+        return 0.0, points[-1][1] / points[-1][0]
+    (p0, t0), (p1, t1) = points[0], points[-1]
+    slope = max((t1 - t0) / (p1 - p0), 0.0)
+    return max(t0 - slope * p0, 0.0), slope
+
+
+def _step(model: torch.nn.Module, kind: str, size: int, batch: int) -> None:
+    device = next(model.parameters()).device
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)  # run's RNG kept
+    model.train(kind != "infer")
+    if kind == "train":
+        logits = model(images)
+        F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=device)).backward()
+        model.zero_grad(set_to_none=True)
+    else:
+        with torch.no_grad():
+            model(images)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _decode_time(files: Sequence[Path], clock: Clock) -> float:
+    """Mean seconds to read and decode one of `files` (0 when none decode)."""
+    times = []
+    for path in files:
+        started = clock()
+        try:
+            open_image(io.BytesIO(Path(path).read_bytes()))
+        except (ImageError, OSError):
+            continue
+        times.append(clock() - started)
+    return sum(times) / len(times) if times else 0.0
+
+
+# ----------------------------------------------------------------------------------------- stopping
+class BudgetStop(Callback):
+    """Stop training when the time left would not cover `reserve_s` (validation, final scoring, bundle).
+
+    The epoch under way ends at the next batch, is validated and checkpointed like any other, and
+    the best epoch is what `finish` bundles.
+    """
+
+    def __init__(self, deadline: float, reserve_s: float, *, clock: Clock = time.perf_counter) -> None:
+        self.deadline, self.reserve_s, self.clock = deadline, reserve_s, clock
+        self.stopped = False
+
+    def after_batch(self, trainer: Any, loss: float, batch_size: int) -> None:
+        if not self.stopped and self.clock() + self.reserve_s >= self.deadline:
+            self.stopped = trainer.should_stop = True
+            log.warning("time budget reached: ending training now; the best epoch so far is kept")
+
+
+# ------------------------------------------------------------------------------------- the pipeline
+@dataclass(frozen=True)
+class Timing:
+    """What planning decided: the plan, the deadline (None without a budget) and the reserve BudgetStop keeps."""
+
+    plan: Plan
+    deadline: float | None
+    reserve_s: float
+    message: str
+
+
+def plan_run(
+    config: Any,
+    data: Any,
+    model: torch.nn.Module,
+    *,
+    started: float,
+    native_size: int,
+    fixed_size: bool = False,
+    clock: Clock = time.perf_counter,
+) -> tuple[Any, Timing]:
+    """The config to run (its recipe chosen to fit `config.train.budget`, when set) and what was planned.
+
+    Without a budget the config is unchanged; the estimate is still made, and a long one warned about.
+    Under a budget the input size ranges up to twice the default (at most the backbone's `native_size`)
+    unless the user gave it (`fixed_size`), and the epochs up to 8.
+    """
+    ft, size = config.finetune, int(config.model.image_size)
+    workload = Workload(len(data.split("train")), len(data.split("valid")), len(data.split("test")))
+    workload = Workload(workload.train, workload.valid, workload.test, workload.train + workload.valid)
+    files = [s.path for s in data.split("train")[:4]]
+    largest = size if fixed_size else max(size, min(2 * size, native_size))  # a bigger budget may buy pixels
+    method = config.train.method
+    budget = parse_duration(config.train.budget) if config.train.budget is not None else None
+    if budget is None or method == "features":  # an estimate of the recipe as it stands: one size, what it runs
+        kinds = ("infer",) if method == "features" else ("train", "frozen", "infer")
+        costs = measure(model, [size], files=files, clock=clock, kinds=kinds)
+    else:
+        costs = measure(model, sorted({candidate_sizes(size)[-1], largest}), files=files, clock=clock)
+    freeze = ft.freeze_epochs if method == "finetune" else 0
+    epochs = ft.epochs + (ft.freeze_epochs if method == "scratch" else 0)
+    default = Plan(method, size, freeze, epochs, estimate(costs, workload, method=method, size=size,
+                                                          freeze_epochs=freeze, epochs=epochs))  # fmt: skip
+    plan = default
+    if budget is not None and method != "features":
+        left = budget - (clock() - started)
+        most = max(epochs, 8)
+        plan = plan_budget(costs, workload, seconds=left, largest_size=largest, freeze_epochs=freeze, most_epochs=most)
+        if plan.method == "finetune" and method == "scratch":
+            plan = Plan("scratch", plan.image_size, 0, plan.epochs + plan.freeze_epochs, plan.seconds)
+    # what must still run once training stops: the cut epoch's validation, then finishing
+    reserve = workload.valid * costs.per_image("infer", plan.image_size) + finishing(costs, workload, plan.image_size)
+    if budget is None:
+        return config, Timing(plan, None, reserve, _message(plan, default, budget))
+    return _planned(config, plan), Timing(plan, started + budget, reserve, _message(plan, default, budget))
+
+
+def _planned(config: Any, plan: Plan) -> Any:
+    config = config.replace("model", image_size=plan.image_size)
+    if plan.method == "features":
+        return config.replace("train", method="features")
+    return config.replace("finetune", freeze_epochs=plan.freeze_epochs, epochs=plan.epochs)
+
+
+def _message(plan: Plan, default: Plan, budget: float | None) -> str:
+    finish = time.strftime("%H:%M", time.localtime(time.time() + plan.seconds))
+    text = f"plan: {plan.describe()}, about {minutes(plan.seconds)} on this machine (done ~{finish})"
+    if budget is not None:
+        return f"budget {minutes(budget)}: {text}"
+    if default.seconds > LONG_S:
+        log.warning(
+            "the default recipe will take ~%s on this machine; --budget 10m or --method features for a faster model",
+            minutes(default.seconds),
+        )
+    return text

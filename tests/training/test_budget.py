@@ -1,0 +1,116 @@
+"""--budget: measured costs, the plan that fits (with a fake clock: no real timing), the clean stop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import write_class_folders
+from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig, parse_duration
+from visiontune.errors import ConfigError
+from visiontune.training.budget import BudgetStop, Costs, Workload, candidate_sizes, estimate, measure, plan_budget
+from visiontune.training.pipeline import train
+
+DEMO = Workload(train=3200, valid=800, test=0, decode=4000)  # the bundled Fashion-MNIST subset's split
+
+
+class FakeClock:
+    """A clock that only moves when a fake step says how long it took: seconds per image = a + b * pixels."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.cost = {"train": (2e-3, 1.6e-6), "frozen": (1e-3, 0.5e-6), "infer": (1e-3, 0.4e-6)}
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, model: torch.nn.Module, kind: str, size: int, batch: int) -> None:
+        fixed, per_pixel = self.cost[kind]
+        self.now += batch * (fixed + per_pixel * size * size)
+
+
+@pytest.fixture
+def costs() -> Costs:
+    clock = FakeClock()
+    measured = measure(torch.nn.Linear(2, 2), [64, 112], clock=clock, step=clock.step)
+    return Costs(measured.train, measured.frozen, measured.infer, decode=2e-4)
+
+
+def test_measured_costs_recover_the_machine_speed(costs: Costs) -> None:
+    clock = FakeClock()
+    for kind, (fixed, per_pixel) in clock.cost.items():
+        assert getattr(costs, kind) == pytest.approx((fixed, per_pixel), rel=1e-6)
+    # the default demo recipe at 112 px, by hand: decode 4000 x 0.2 ms = 0.8 s; frozen epoch 3200 x 7.27 ms
+    # + validation 800 x 6.02 ms = 28.1 s; 6 x (3200 x 22.07 ms + 4.8 s) = 452.6 s; final scores and the
+    # detector's bank (2 x 800 + 3200) x 6.02 ms = 28.9 s; the bundle 2 s
+    seconds = estimate(costs, DEMO, method="finetune", size=112, freeze_epochs=1, epochs=6)
+    assert seconds == pytest.approx(0.8 + 28.1 + 452.6 + 28.9 + 2.0, abs=0.2)
+
+
+def test_the_plan_fits_the_budget_and_grows_with_it(costs: Costs) -> None:
+    plans = [
+        plan_budget(costs, DEMO, seconds=m * 60, largest_size=112, freeze_epochs=1, most_epochs=6) for m in (2, 5, 10)
+    ]
+    for minutes, plan in zip((2, 5, 10), plans, strict=True):
+        assert plan.method == "finetune" and plan.seconds <= 0.9 * minutes * 60
+        assert plan.seconds == estimate(costs, DEMO, method="finetune", size=plan.image_size,
+                                        freeze_epochs=plan.freeze_epochs, epochs=plan.epochs)  # fmt: skip
+    sizes = [p.image_size for p in plans]
+    epochs = [p.epochs + p.freeze_epochs for p in plans]
+    assert sizes == sorted(sizes) and epochs == sorted(epochs) and (sizes[0], epochs[0]) < (sizes[2], epochs[2])
+    assert (plans[2].image_size, plans[2].freeze_epochs, plans[2].epochs) == (112, 1, 6)  # the default fits 10 min
+    assert plans[0].image_size == 64 and plans[0].epochs + plans[0].freeze_epochs >= 2  # 2 min: smaller, fewer
+
+
+def test_a_budget_larger_than_the_default_needs_buys_epochs_and_pixels(costs: Costs) -> None:
+    default = estimate(costs, DEMO, method="finetune", size=64, freeze_epochs=0, epochs=3)
+    plan = plan_budget(costs, DEMO, seconds=4 * default, largest_size=128, freeze_epochs=0, most_epochs=8)
+    assert plan.image_size > 64 and plan.epochs > 3 and plan.seconds <= 0.9 * 4 * default
+
+
+def test_a_budget_too_small_for_fine_tuning_plans_frozen_features(costs: Costs) -> None:
+    plan = plan_budget(costs, DEMO, seconds=30, largest_size=112, freeze_epochs=1, most_epochs=6)
+    assert plan.method == "features" and plan.seconds <= 27
+    assert candidate_sizes(224) == list(range(224, 63, -16)) and candidate_sizes(28) == [28]
+
+
+def test_budget_stop_ends_training_when_the_reserve_would_be_eaten() -> None:
+    clock = FakeClock()
+    stop = BudgetStop(deadline=100.0, reserve_s=10.0, clock=clock)
+    trainer = type("T", (), {"should_stop": False})()
+    clock.now = 89.0
+    stop.after_batch(trainer, 0.5, 8)
+    assert not trainer.should_stop
+    clock.now = 90.0
+    stop.after_batch(trainer, 0.5, 8)
+    assert trainer.should_stop and stop.stopped
+
+
+def test_budget_durations_are_checked_at_the_boundary() -> None:
+    assert [parse_duration(t) for t in ("90s", "10m", "1.5h", "45")] == [90, 600, 5400, 45]
+    for bad in ("ten minutes", "0m", "-5m", "10d"):
+        with pytest.raises(ConfigError, match="budget"):
+            TrainConfig(budget=bad)
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_records_its_plan(tmp_path: Path, fashion: dict) -> None:
+    data = write_class_folders(tmp_path / "data", fashion, per_class=12)
+    config = RunConfig(
+        DataConfig(source=str(data), valid_pct=0.25),
+        ModelConfig(backbone="small_cnn", image_size=28),
+        TrainConfig(method="scratch", num_workers=0, budget="5m"),
+        FinetuneConfig(epochs=2, freeze_epochs=0, batch_size=16, lr=3e-3),
+        out=str(tmp_path / "run"),
+    )
+    said: list[str] = []
+    from visiontune.training.fitting import Hooks
+
+    result = train(config, hooks=Hooks(on_plan=said.append))
+    plan = json.loads((tmp_path / "run" / "run.json").read_text())["plan"]
+    assert plan["budget"] == "5m" and plan["method"] == "scratch" and plan["seconds"] > 0
+    assert len(said) == 1 and said[0].startswith("budget 5 min: plan: ")
+    assert result.config.finetune.epochs == plan["epochs"] and result.elapsed_s < 300
