@@ -22,7 +22,6 @@ pd = pytest.importorskip("pandas")
 SERVE_START_S = 240
 
 
-@pytest.mark.slow
 def test_the_registered_model_predicts_the_labels_and_probabilities_of_visiontune_predict(
     finetuned_run: Path, trained_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
