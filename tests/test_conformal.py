@@ -87,7 +87,6 @@ def test_bad_coverage_is_refused() -> None:
 # ---- the same sets as MAPIE on the same scores -------------------------------------------------
 
 
-@pytest.mark.slow  # importing MAPIE alone takes 5-25 s here
 @pytest.mark.parametrize("include_last", ["randomized", True])
 def test_sets_match_mapie(include_last: bool | str) -> None:
     aps = pytest.importorskip("mapie.conformity_scores").APSConformityScore
@@ -124,7 +123,7 @@ def _draw(n: int, *, k: int, seed: int, sharp: float = 2.5) -> tuple[torch.Tenso
     return probs, torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-@pytest.mark.parametrize("randomized", [True, pytest.param(False, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("randomized", [True, False])
 def test_coverage_over_repeated_seeds(randomized: bool) -> None:
     """Mean coverage over 40 calibration/test draws: >= 90%, and for randomised sets below 90% + 1/(n+1)."""
     n, coverage = 500, 0.9

@@ -6,7 +6,6 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -58,7 +57,6 @@ def test_apply_suggestions_writes_automatic_rows_once(cleaned: CleanResult, tmp_
     assert len(corr.read_corrections(target)) == len(written)
 
 
-@pytest.mark.slow  # the CLI in-process: the default backbone at 64 px again, ~8 s; the API is tested above
 def test_cli_prints_the_class_table(cleaned: CleanResult, tmp_path: Path) -> None:
     out = tmp_path / "out"
     root = str(cleaned.data.root)

@@ -74,7 +74,6 @@ def test_inspect_and_evaluate_write_beside_unrelated_files(tiny: tuple[Path, Pat
     assert_kept(out)
 
 
-@pytest.mark.slow
 def test_export_and_predict_refuse_a_folder_as_their_file(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = tiny
     out = unrelated_folder(tmp_path / "mine")
@@ -87,7 +86,6 @@ def test_export_and_predict_refuse_a_folder_as_their_file(tiny: tuple[Path, Path
     assert_kept(out)
 
 
-@pytest.mark.slow
 def test_export_writes_beside_unrelated_files(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     out = unrelated_folder(tmp_path / "mine")
     proc = visiontune("export", str(tiny[1]), "--out", str(out / "model.onnx"))
@@ -112,7 +110,6 @@ def test_tune_writes_beside_unrelated_files(tiny: tuple[Path, Path], tmp_path: P
     assert_kept(out)
 
 
-@pytest.mark.slow
 def test_datasets_export_keeps_unrelated_files(tmp_path: Path) -> None:
     out = unrelated_folder(tmp_path / "mine")
     for extra in ([], ["--overwrite"]):

@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.cli.test_cli import assert_one_line_error, visiontune
 from tests.conftest import write_class_folders
 
 
-@pytest.mark.slow  # 15.5 s measured; the features run is checked in-process by tests/features/test_fit.py
 def test_features_method_prints_the_heads(tmp_path: Path, fashion: dict) -> None:
     data = write_class_folders(tmp_path / "data", fashion, per_class=16)
     args = ("train", str(data), "--method", "features", "--image-size", "32", "--heads", "knn,logreg")

@@ -62,7 +62,6 @@ class _StopAfterFirstEpoch(Callback):
         raise KeyboardInterrupt
 
 
-@pytest.mark.slow  # two trainings (~8 s); resuming itself is checked quickly in tests/training/test_pipeline.py
 def test_resume_through_the_cli_continues_the_stopped_run(tiny: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     config = RunConfig(

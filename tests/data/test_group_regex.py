@@ -9,7 +9,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import write_class_folders
@@ -46,7 +45,6 @@ def test_files_of_one_group_stay_on_one_side_of_the_split(tmp_path: Path, fashio
     assert any(len(s) > 1 for seed in (0, 1, 2) for s in _sides(root, None, seed).values())  # ungrouped: torn
 
 
-@pytest.mark.slow  # a training run; load_data with the regex is the quick test above
 def test_train_group_regex_keeps_groups_apart_in_splits_csv(tmp_path: Path, fashion: dict[str, np.ndarray]) -> None:
     root = _grouped(tmp_path / "data", fashion)
     args = ["train", str(root), "--group-regex", GROUP, "--valid-pct", "0.25", "--method", "scratch", "--backbone"]

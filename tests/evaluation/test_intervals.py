@@ -31,7 +31,6 @@ def test_wilson_covers_the_true_rate_at_about_95_percent(rate: float, n: int) ->
     assert 0.925 <= held <= 0.975
 
 
-@pytest.mark.slow  # 60 simulated test sets x 300 resamples
 def test_bootstrap_balanced_accuracy_covers_the_truth() -> None:
     """Simulated test sets from known per-class recalls: the interval holds the true balanced accuracy ~95%."""
     rng = np.random.default_rng(1)

@@ -135,7 +135,6 @@ def test_tune_cli_passes_no_prune_and_timeout(three_classes: Path, tmp_path: Pat
     assert isinstance(_pruner(seen[0]), optuna.pruners.NopPruner)
 
 
-@pytest.mark.slow  # one whole trial and the study outputs: ~5 s
 def test_timeout_starts_no_trial_after_it(three_classes: Path, tmp_path: Path) -> None:
     config = TuneConfig(_base(three_classes), trials=3, timeout=0.01, out=str(tmp_path / "o"), space=FEATURES_ONLY)
     result = tune(config)

@@ -96,7 +96,6 @@ def test_budget_durations_are_checked_at_the_boundary() -> None:
             TrainConfig(budget=bad)
 
 
-@pytest.mark.slow
 def test_a_budgeted_run_records_its_plan(tmp_path: Path, fashion: dict) -> None:
     data = write_class_folders(tmp_path / "data", fashion, per_class=12)
     config = RunConfig(

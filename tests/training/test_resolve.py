@@ -89,7 +89,6 @@ def test_class_weights_over_3x_unless_another_balance_is_asked(ratio: float, bal
     assert resolve_balance(FinetuneConfig(balance="none"), ratio) == "none"
 
 
-@pytest.mark.slow  # a training run; the rules at their thresholds are the quick tests above
 def test_a_1_6x_imbalance_changes_the_monitor_but_not_the_loss(tmp_path: Path, fashion: dict[str, np.ndarray]) -> None:
     """End to end: training images counted per class (16 and 10, valid apart), the rules applied to the ratio."""
     root = tmp_path / "data"

@@ -146,7 +146,6 @@ def test_log_names_are_checked_and_none_means_no_tracker() -> None:
         TrainConfig(log="wandb")  # type: ignore[arg-type]
 
 
-@pytest.mark.slow
 def test_a_features_run_logs_its_heads_as_metrics(data: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = tracked(data, tmp_path / "run", uri, method="features")
