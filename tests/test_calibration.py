@@ -19,7 +19,7 @@ from visiontune.calibration import (
 from visiontune.errors import ConfigError
 
 
-def _sampled(temperature: float, n: int = 20_000, k: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sampled_logits(temperature: float, n: int = 20_000, k: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels drawn from softmax(logits / temperature): T is the right answer by construction."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, k, generator=generator) * 3
@@ -29,12 +29,12 @@ def _sampled(temperature: float, n: int = 20_000, k: int = 5, seed: int = 0) -> 
 
 @pytest.mark.parametrize("true_t", [0.5, 1.0, 2.5])
 def test_temperature_is_recovered(true_t: float) -> None:
-    logits, targets = _sampled(true_t)
+    logits, targets = sampled_logits(true_t)
     assert fit_temperature(logits, targets) == pytest.approx(true_t, rel=0.08)
 
 
 def test_scaling_fixes_an_overconfident_model() -> None:
-    logits, targets = _sampled(2.5)  # the model's logits are 2.5x too sharp
+    logits, targets = sampled_logits(2.5)  # the model's logits are 2.5x too sharp
     before = expected_calibration_error(logits.softmax(1), targets)
     after = expected_calibration_error((logits / fit_temperature(logits, targets)).softmax(1), targets)
     assert before > 0.1 and after < 0.02
@@ -46,7 +46,7 @@ def test_no_validation_errors_leaves_the_temperature_alone() -> None:
 
 
 def test_threshold_keeps_the_asked_share_of_correct_predictions() -> None:
-    logits, targets = _sampled(1.0)
+    logits, targets = sampled_logits(1.0)
     threshold = fit_unknown_threshold(logits, targets, keep=0.9)
     correct = logits.argmax(1) == targets
     kept = (unknown_scores(logits[correct]) >= threshold).float().mean()
@@ -72,7 +72,7 @@ def test_older_bundle_blocks_still_read() -> None:
 
 
 def test_a_bundle_block_round_trips() -> None:
-    logits, targets = _sampled(2.0, n=2000)
+    logits, targets = sampled_logits(2.0, n=2000)
     fitted = calibrate(logits, targets)
     again = Calibration.from_dict(json.loads(json.dumps(fitted.to_dict())))
     assert again == fitted and again.fitted and again.fitted_on == 2000
@@ -97,7 +97,7 @@ def test_probabilities_and_unknown_follow_the_fitted_numbers() -> None:
 
 
 def test_calibrate_never_raises_the_nll() -> None:
-    logits, targets = _sampled(0.5)
+    logits, targets = sampled_logits(0.5)
     cal = calibrate(logits * 0.5, targets)  # under-confident logits: T < 1 sharpens them
     assert cal.temperature < 1.0 and cal.nll_after <= cal.nll_before
     assert cal.ece_after < cal.ece_before

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
+from tests.test_calibration import sampled_logits
 from visiontune.calibration import (
     Calibration,
     calibrate,
@@ -27,23 +28,15 @@ from visiontune.detector import fit_knn
 from visiontune.errors import ConfigError
 
 
-def _sampled(temperature: float, n: int = 2000, k: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels drawn from softmax(logits / temperature): T is the right answer by construction."""
-    generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, k, generator=generator) * 3
-    targets = torch.multinomial((logits / temperature).softmax(1), 1, generator=generator).squeeze(1)
-    return logits, targets
-
-
 def test_nothing_to_fit_leaves_the_temperature_at_one() -> None:
     assert fit_temperature(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)) == 1.0
     assert fit_temperature(torch.randn(8, 1), torch.zeros(8, dtype=torch.long)) == 1.0  # one class
-    logits, targets = _sampled(2.0, k=2)
+    logits, targets = sampled_logits(2.0, k=2, n=2000)
     assert fit_temperature(logits, targets) == pytest.approx(2.0, rel=0.15)  # two classes are enough
 
 
 def test_the_temperature_is_clamped_to_its_documented_range() -> None:
-    logits, targets = _sampled(1.0)
+    logits, targets = sampled_logits(1.0, n=2000, k=4)
     shuffled = targets[torch.randperm(len(targets), generator=torch.Generator().manual_seed(1))]
     assert fit_temperature(logits * 50, shuffled) == 20.0  # labels unrelated to the logits: T -> infinity
     mostly_right = logits.argmax(1)
@@ -73,7 +66,7 @@ def test_reliability_bins_are_left_open_and_right_closed() -> None:
 
 
 def test_the_threshold_at_its_edges() -> None:
-    logits, targets = _sampled(1.0)
+    logits, targets = sampled_logits(1.0, n=2000, k=4)
     correct = logits.argmax(1) == targets
     everything = fit_unknown_threshold(logits, targets, keep=1.0)  # keep every correct prediction
     assert everything == pytest.approx(float(unknown_scores(logits[correct]).min()))
@@ -148,7 +141,7 @@ def test_with_detector_makes_knn_the_default_and_keeps_the_logit_thresholds() ->
 
 def test_the_bundle_block_as_stored() -> None:
     assert Calibration().to_dict() == {"temperature": 1.0, "unknown": {"score": "msp", "keep": None, "thresholds": {}}}
-    logits, targets = _sampled(1.5, n=500)
+    logits, targets = sampled_logits(1.5, n=500, k=4)
     block = calibrate(logits, targets).to_dict()
     assert block["fitted_on"] == {"split": "valid", "images": 500}
     assert set(block) == {
@@ -185,7 +178,7 @@ def test_hand_edited_blocks_are_refused_or_read_leniently() -> None:
 
 
 def test_calibrate_stores_the_numbers_of_what_predict_reports() -> None:
-    logits, targets = _sampled(2.0, n=1000)
+    logits, targets = sampled_logits(2.0, n=1000, k=4)
     cal = calibrate(logits, targets, keep=0.8, coverage=0.7)
     probs = cal.probabilities(logits)
     assert cal.nll_after == pytest.approx(float(F.nll_loss(probs.log(), targets)), rel=1e-5)
@@ -210,7 +203,7 @@ def test_calibrate_on_no_validation_images_stores_no_numbers() -> None:
 
 
 def test_the_threshold_is_fitted_on_the_temperature_scaled_scores() -> None:
-    logits, targets = _sampled(2.0)
+    logits, targets = sampled_logits(2.0, n=2000, k=4)
     correct = logits.argmax(1) == targets
     threshold = fit_unknown_threshold(logits, targets, temperature=2.0, keep=0.8)
     kept = (unknown_scores(logits[correct], temperature=2.0) >= threshold).float().mean()
