@@ -126,7 +126,7 @@ def test_counts_split_and_sizes(class_folder: Path) -> None:
     assert report.total_bytes == sum(p.stat().st_size for p in class_folder.rglob("*.png"))
     assert report.sizes["width"] == {"min": 28.0, "median": 28.0, "max": 28.0}
     assert report.modes == {"L": 30} and report.formats == {"PNG": 30}
-    assert report.suggested_image_size == 112 and "28" in report.suggested_image_size_reason
+    assert report.suggested_image_size == 96 and "28" in report.suggested_image_size_reason
     assert report.images_per_s > 0 and report.elapsed_s > 0
     assert report.source_kind == "folder"
 

@@ -45,7 +45,7 @@ def test_find_runs_walks_nested_folders_but_not_into_a_run(tmp_path: Path) -> No
     done, stopped = runs
     assert (done.status, done.valid, done.test, done.time_s) == ("done", 0.7, 0.5, 9.0)
     assert (stopped.status, stopped.valid, stopped.test, stopped.time_s) == ("stopped", 0.6, None, 2.5)
-    assert done.data == "photos (0.1)" and done.epochs_label == "1+6" and done.date == datetime(2026, 11, 20, 10)
+    assert done.data == "photos (0.1)" and done.epochs_label == "4" and done.date == datetime(2026, 11, 20, 10)
     assert [r.name for r in find_runs(tmp_path / "a")] == ["a"]  # a run folder given itself
 
 

@@ -101,3 +101,22 @@ def test_imbalanced_data_monitors_balanced_accuracy_and_weights_the_loss(tmp_pat
     assert run["balance"] == "weights"
     shirt, trouser = run["class_weights"]  # classes sorted: t-shirt_top, trouser
     assert trouser > 3 * shirt
+
+
+def test_fine_tune_peaks_at_lr_without_a_frozen_epoch_and_at_half_after_one(tiny: Path, tmp_path: Path) -> None:
+    """The default (no frozen epoch) trains every layer at `lr`; after a head-only epoch they peak at lr / 2."""
+    peaks: list[float] = []
+
+    class Peak(Callback):
+        def before_epoch(self, trainer: Trainer) -> None:
+            peaks.append(max(group["max_lr"] for group in trainer.optimizer.param_groups))
+
+    def fine_tune(name: str, freeze_epochs: int) -> None:
+        config = _run(tiny, tmp_path / name, model="small_cnn", lr=4e-3, freeze_epochs=freeze_epochs)
+        train(config.replace("train", method="finetune").replace("model", pretrained=False), callbacks=[Peak()])
+
+    fine_tune("straight", 0)
+    assert peaks == [pytest.approx(4e-3)]
+    peaks.clear()
+    fine_tune("after-head", 1)
+    assert peaks == [pytest.approx(4e-3), pytest.approx(2e-3)]

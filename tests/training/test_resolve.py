@@ -1,5 +1,5 @@
 """What `train DATA` decides from the data when no option says (README, Training): the input size (small images
-upsampled about 4x, to 112-224 px; photos at 224), the monitor (balanced accuracy over 1.5x imbalance) and the
+upsampled about 3x, to 64-224 px; photos at 224), the monitor (balanced accuracy over 1.5x imbalance) and the
 loss (class weights over 3x). Expected values follow the README's rules, not the implementation's table."""
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from visiontune.training.finetune import resolve_balance
 from visiontune.training.pipeline import resolve, train
 
 
-def test_small_images_are_upsampled_about_4x_to_112_to_224() -> None:
+def test_small_images_are_upsampled_about_3x_to_64_to_224() -> None:
     for side in range(8, 112):
         size = suggest_image_size([side] * 3)[0]
-        assert 112 <= size <= 224 and size % 16 == 0, side
-        if 112 <= 4 * side <= 224:
-            assert 4 * side <= size < 4 * side + 16, side  # about 4x: the next multiple of 16
+        assert 64 <= size <= 224 and size % 16 == 0, side
+        if 64 <= 3 * side <= 224:
+            assert 3 * side <= size < 3 * side + 16, side  # about 3x: the next multiple of 16
         else:
-            assert size == (112 if 4 * side < 112 else 224), side  # the clamp
+            assert size == (64 if 3 * side < 64 else 224), side  # the clamp
 
 
 def test_photos_are_suggested_their_own_size_within_224_to_384() -> None:
@@ -62,11 +62,21 @@ def test_train_picks_the_clamped_suggestion_for_small_images_and_224_for_photos(
     tmp_path: Path, fashion: dict[str, np.ndarray]
 ) -> None:
     small = write_class_folders(tmp_path / "fashion", fashion, per_class=4)  # 28 px
-    assert _resolved(small).model.image_size == 112  # 28 x 4
+    assert _resolved(small).model.image_size == 96  # 28 x 3 = 84, up to a multiple of 16
     photos = _photos(tmp_path / "photos", 280)  # the audit would say 288...
     assert suggest_image_size([280])[0] > 224
     assert _resolved(photos).model.image_size == 224  # ...train keeps the backbone's 224
     assert _resolved(small, "features").model.image_size == 224  # frozen features: the backbone's own size
+
+
+def test_augment_auto_is_none_for_fine_tuning_and_standard_for_the_other_methods(
+    tmp_path: Path, fashion: dict[str, np.ndarray]
+) -> None:
+    small = write_class_folders(tmp_path / "fashion", fashion, per_class=4)
+    assert _resolved(small).train.augment == "none"  # config.yaml names the preset that ran
+    assert _resolved(small, "features").train.augment == "standard"  # --views N has augmented copies to make
+    assert TrainConfig(method="scratch").augment_config().enabled
+    assert not TrainConfig().augment_config().enabled
 
 
 @pytest.mark.parametrize(

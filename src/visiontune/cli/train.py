@@ -34,6 +34,7 @@ def train_command(
     **options: Any,
 ) -> None:
     """Train a classifier on DATA (transfer learning from a pretrained backbone by default)."""
+    started = time.perf_counter()  # before torch is imported: a --budget counts the start-up too
     typed = sections({**options, "source": data})
     typed["data"]["source"] = data
     if lr is not None:
@@ -53,7 +54,7 @@ def train_command(
         _refuse_other_methods_options(run_config.train.method, typed)
     if run_config.train.method == "features":
         with says_stopped():
-            result = _train_features(run_config, overwrite=overwrite, quiet=quiet, json_lines=json_log)
+            result = _train_features(run_config, overwrite=overwrite, quiet=quiet, json_lines=json_log, started=started)
         _print_result(result, quiet=json_log)
         return
     from visiontune.training.pipeline import Hooks, train  # torch, timm: loaded once the options are known to be good
@@ -62,7 +63,9 @@ def train_command(
     hooks = Hooks(on_plan=_say_plan(quiet=quiet or json_log))
     with says_stopped():
         try:
-            result = train(run_config, callbacks=[display], resume=resume, overwrite=overwrite, hooks=hooks)
+            result = train(
+                run_config, callbacks=[display], resume=resume, overwrite=overwrite, hooks=hooks, started=started
+            )
         finally:  # Ctrl-C or an error mid-epoch: the bar goes before the one-line message comes
             display.close()
     _print_result(result, quiet=json_log)
@@ -95,7 +98,7 @@ def _refuse_with_resume(
         )
 
 
-def _train_features(run_config: RunConfig, *, overwrite: bool, quiet: bool, json_lines: bool) -> Any:
+def _train_features(run_config: RunConfig, *, overwrite: bool, quiet: bool, json_lines: bool, started: float) -> Any:
     """--method features: a progress bar while images are embedded, then one line (or JSON line) per head."""
     from visiontune.training.pipeline import Hooks, train
 
@@ -114,7 +117,7 @@ def _train_features(run_config: RunConfig, *, overwrite: bool, quiet: bool, json
     with progress_bar("embedding images", quiet=quiet or json_lines) as (advance, set_total):
         plan = _say_plan(quiet=quiet or json_lines)
         hooks = Hooks(on_total=set_total, progress=advance, on_head=on_head, on_plan=plan)
-        return train(run_config, overwrite=overwrite, hooks=hooks)
+        return train(run_config, overwrite=overwrite, hooks=hooks, started=started)
 
 
 def _say_plan(*, quiet: bool) -> Any:

@@ -193,7 +193,7 @@ def suggest_params(trial: Any, space: SearchSpace, base: RunConfig) -> dict[str,
     if params.get("method", base.train.method) != "features":
         for name in ("lr", "freeze_epochs", "label_smoothing", "augment"):
             draw(name)
-        if params.get("augment", base.train.augment) != "none":
+        if params.get("augment", base.train.augment_preset) != "none":
             draw("rotation")
     return params
 

@@ -80,8 +80,12 @@ def train(
     label_func: Callable[[Path], object] | None = None,
     overwrite: bool = False,
     hooks: Hooks | None = None,
+    started: float | None = None,
 ) -> TrainResult:
     """Train a classifier as `config` says and write its run folder and bundle.
+
+    `started` (a `time.perf_counter()` reading, default now) is when the command began: a
+    `--budget` counts from there, so the time spent importing torch is inside it.
 
     A folder that already holds a run is refused unless `overwrite` (which replaces it, when it is
     provably a run) or `resume` (fine-tuning runs only: features runs are as fast to start again).
@@ -90,7 +94,7 @@ def train(
         >>> result = train(RunConfig(DataConfig(source="photos")))  # doctest: +SKIP
         >>> result.metrics["valid_accuracy"], result.monitor.name, result.bundle_dir  # doctest: +SKIP
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     hooks = hooks or Hooks()
     hooks = dataclasses.replace(hooks, callbacks=[*hooks.callbacks, *callbacks])
     features = config.train.method == "features"
@@ -203,10 +207,11 @@ def resolve(config: RunConfig, data: LabelledImages, imbalance: float) -> RunCon
     """Fill in what was left to the data, so config.yaml says what really ran.
 
     - the input size: for fine-tuning, what the audit suggests for these images (small images
-      upsampled about 4x) at most the backbone's own size, so 28 px Fashion-MNIST trains at 112 px
+      upsampled about 3x) at most the backbone's own size, so 28 px Fashion-MNIST trains at 96 px
       and photos at 224; for frozen features, the backbone's own size (ImageNet features are best at
       the scale they were learnt at: 0.852 test accuracy at 112 px, 0.882 at 224 on the demo);
     - the monitor: accuracy, or balanced accuracy when the largest class is over 1.5x the smallest;
+    - the augmentation: "auto" is none for fine-tuning, `standard` otherwise (TrainConfig);
     - features: the default heads; fine-tuning: a randomly initialised backbone has no BatchNorm
       statistics worth freezing, and the `strong` recipe adds MixUp/CutMix and an EMA unless set.
     """
@@ -217,6 +222,8 @@ def resolve(config: RunConfig, data: LabelledImages, imbalance: float) -> RunCon
         config = config.replace("model", image_size=size)
     if config.train.monitor == "auto":
         config = config.replace("train", monitor=auto_monitor(imbalance).name)
+    if config.train.augment == "auto":
+        config = config.replace("train", augment=config.train.augment_preset)
     if features:
         if not config.features.heads:
             config = config.replace("features", heads=DEFAULT_HEADS)

@@ -116,10 +116,15 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- recipes
     def fine_tune(self, *, epochs: int, freeze_epochs: int = 1, lr: float = 2e-3, lr_ratio: float = 10.0) -> None:
-        """Frozen backbone for `freeze_epochs`, then all (or the top `unfreeze_top`) layers for `epochs`."""
+        """Frozen backbone for `freeze_epochs` at `lr`, then all (or the top `unfreeze_top`) layers for `epochs`.
+
+        After a frozen phase the layers peak at lr / 2 (fastai's fine_tune: the head has learnt);
+        without one, at `lr`.
+        """
+        peak = lr / 2 if freeze_epochs else lr
         phases = [
             Phase("frozen", freeze_epochs, lr, 1.0, pct_start=0.99, frozen=True),
-            Phase("unfrozen", epochs, lr / 2, lr_ratio, pct_start=0.3, div=5.0, unfreeze_top=self.config.unfreeze_top),
+            Phase("unfrozen", epochs, peak, lr_ratio, pct_start=0.3, div=5.0, unfreeze_top=self.config.unfreeze_top),
         ]
         self.run_phases([p for p in phases if p.epochs > 0])
 
