@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,8 +12,19 @@ import torch
 from tests.conftest import write_class_folders
 from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig, parse_duration
 from visiontune.errors import ConfigError
-from visiontune.training.budget import BudgetStop, Costs, Workload, candidate_sizes, estimate, measure, plan_budget
+from visiontune.training.budget import (
+    SAFETY,
+    BudgetStop,
+    Costs,
+    Workload,
+    candidate_sizes,
+    estimate,
+    measure,
+    plan_budget,
+)
 from visiontune.training.pipeline import train
+from visiontune.training.schedule import OneCycle
+from visiontune.training.trainer import Trainer
 
 DEMO = Workload(train=3200, valid=800, test=0, decode=4000)  # the bundled Fashion-MNIST subset's split
 
@@ -55,7 +67,7 @@ def test_the_plan_fits_the_budget_and_grows_with_it(costs: Costs) -> None:
         plan_budget(costs, DEMO, seconds=m * 60, largest_size=112, freeze_epochs=1, most_epochs=6) for m in (2, 5, 10)
     ]
     for minutes, plan in zip((2, 5, 10), plans, strict=True):
-        assert plan.method == "finetune" and plan.seconds <= 0.9 * minutes * 60
+        assert plan.method == "finetune" and plan.seconds <= SAFETY * minutes * 60
         assert plan.seconds == estimate(costs, DEMO, method="finetune", size=plan.image_size,
                                         freeze_epochs=plan.freeze_epochs, epochs=plan.epochs)  # fmt: skip
     sizes = [p.image_size for p in plans]
@@ -68,7 +80,7 @@ def test_the_plan_fits_the_budget_and_grows_with_it(costs: Costs) -> None:
 def test_a_budget_larger_than_the_default_needs_buys_epochs_and_pixels(costs: Costs) -> None:
     default = estimate(costs, DEMO, method="finetune", size=64, freeze_epochs=0, epochs=3)
     plan = plan_budget(costs, DEMO, seconds=4 * default, largest_size=128, freeze_epochs=0, most_epochs=8)
-    assert plan.image_size > 64 and plan.epochs > 3 and plan.seconds <= 0.9 * 4 * default
+    assert plan.image_size > 64 and plan.epochs > 3 and plan.seconds <= SAFETY * 4 * default
 
 
 def test_a_budget_too_small_for_fine_tuning_plans_frozen_features(costs: Costs) -> None:
@@ -87,6 +99,30 @@ def test_budget_stop_ends_training_when_the_reserve_would_be_eaten() -> None:
     clock.now = 90.0
     stop.after_batch(trainer, 0.5, 8)
     assert trainer.should_stop and stop.stopped
+
+
+def test_budget_stop_shortens_the_phase_to_the_epochs_that_fit_after_measuring_one() -> None:
+    clock = FakeClock()
+    stop = BudgetStop(deadline=400.0, reserve_s=20.0, clock=clock)
+    cuts: list[int] = []
+    trainer = SimpleNamespace(should_stop=False, epoch=2, phase_end=8, shorten_phase=cuts.append)
+    clock.now = 100.0
+    stop.after_epoch(trainer, {"time_s": 40.0})  # 280 s left: 7 epochs of 40 s fit, 6 are planned
+    assert cuts == [] and not trainer.should_stop
+    stop.after_epoch(trainer, {"time_s": 50.0})  # epochs got slower: 5 fit
+    assert cuts == [1] and not trainer.should_stop
+    clock.now = 340.0
+    stop.after_epoch(trainer, {"time_s": 50.0})  # 40 s left: none fits, stop at this epoch's end
+    assert cuts == [1] and trainer.should_stop and stop.stopped
+
+
+def test_a_shortened_phase_still_anneals_its_rate_by_the_new_end() -> None:
+    trainer = SimpleNamespace(epoch=2, phase_start=0, phase_end=8, _steps_per_epoch=10, schedule=OneCycle(80, 0.3, 5.0))
+    Trainer.shorten_phase(trainer, 3)  # type: ignore[arg-type]
+    assert trainer.phase_end == 5 and trainer.schedule.total == 50
+    assert trainer.schedule.factor(50) < 1e-5 < 0.5 < OneCycle(80, 0.3, 5.0).factor(50)  # annealed at step 50, not 80
+    Trainer.shorten_phase(trainer, 10)  # type: ignore[arg-type]
+    assert trainer.phase_end == 3  # never before the epoch under way ends
 
 
 def test_budget_durations_are_checked_at_the_boundary() -> None:

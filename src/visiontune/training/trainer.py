@@ -11,6 +11,7 @@ its last checkpoint ends exactly where an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -107,6 +108,8 @@ class Trainer:
         self.optimizer: Any = None
         self.epoch = 0  # epochs completed, counted across phases
         self.step = 0  # optimizer steps in the current phase
+        self.schedule: OneCycle | Ramp | None = None  # the phase under way's, and its epochs [start, end)
+        self.phase_start = self.phase_end = self._steps_per_epoch = 0
         self.should_stop = False
         self._pending: Checkpoint | None = None
 
@@ -145,15 +148,16 @@ class Trainer:
     # ----------------------------------------------------------------------------------- phases
     def _run_phase(self, phase: Phase, start: int, end: int) -> None:
         steps_per_epoch = max(1, math.ceil(len(self.train_loader) / self.config.accumulate))
-        schedule = phase.ramp or OneCycle(phase.epochs * steps_per_epoch, phase.pct_start, phase.div)
+        self.schedule = phase.ramp or OneCycle(phase.epochs * steps_per_epoch, phase.pct_start, phase.div)
+        self.phase_start, self.phase_end, self._steps_per_epoch = start, end, steps_per_epoch
         resumed_inside = self.epoch > start
         self._prepare(phase, restore=self._pending if resumed_inside else None)
         self.step = (self.epoch - start) * steps_per_epoch
         self._call("before_phase", phase.name)
-        while self.epoch < end and not self.should_stop:
+        while self.epoch < self.phase_end and not self.should_stop:
             self._call("before_epoch")
             started = time.perf_counter()
-            train = self._train_epoch(schedule)
+            train = self._train_epoch(self.schedule)
             metrics = self.evaluate("valid") if phase.validate else {}
             elapsed = time.perf_counter() - started
             self.epoch += 1
@@ -183,6 +187,17 @@ class Trainer:
         self.optimizer = self.accelerator.prepare_optimizer(optimizer)
         if restore is not None and self.accelerator.scaler is not None and "scaler" in restore.state:
             self.accelerator.scaler.load_state_dict(restore.state["scaler"])
+
+    def shorten_phase(self, epochs: int) -> None:
+        """End the phase under way `epochs` earlier, its one-cycle compressed so the rate still anneals by then.
+
+        A time budget calls this when the epochs run slower than planned: a run cut mid-schedule
+        would end at a high learning rate and lose the accuracy the annealing brings.
+        """
+        self.phase_end = max(self.epoch + 1, self.phase_end - epochs)
+        if isinstance(self.schedule, OneCycle):
+            total = (self.phase_end - self.phase_start) * self._steps_per_epoch
+            self.schedule = dataclasses.replace(self.schedule, total=total)
 
     # ----------------------------------------------------------------------------------- epochs
     def _seed_epoch(self) -> None:
