@@ -1,7 +1,9 @@
 """Unknown detection on images of none of the classes: AUROC and FPR at 95% TPR of every unknown score.
 
 Scores: max softmax probability (msp), energy, and the feature-space k-NN score (knn: cosine
-similarity to the 10th nearest training embedding; bundles trained since it exists).
+similarity to the 10th nearest training embedding; bundles trained since it exists). `--refit`
+fits the k-NN detector again as training now does (its embedding layout: "stages" for a
+fine-tuned model, see src/visiontune/embedding.py), e.g. to measure a run trained before.
 
 Builds an out-of-distribution folder (the "existing" one) from two sources the Fashion-MNIST model never saw:
 - scikit-learn's `load_digits` (8x8 handwritten digits, white on black like Fashion-MNIST)
@@ -25,6 +27,7 @@ split), so the shares flagged unknown can be reported too. The AUROC needs no th
 Usage:
     python bench/ood_auroc.py --run runs/demo --data demo
     python bench/ood_auroc.py --run runs/demo --data demo --work /tmp/ood-bench --keep
+    python bench/ood_auroc.py --run runs/demo --data demo --refit
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ def copy_run(run: Path, dest: Path) -> Path:
     return dest
 
 
-def calibrate_if_needed(run: Path, data: str, work: Path) -> str:
+def calibrate_if_needed(run: Path, data: str, work: Path, *, refit: bool = False) -> str:
     """Fit what training now fits at its end (temperature, thresholds, conformal sets, the k-NN detector) on
     the run's own splits, when the bundle predates it: the same functions `finish` calls, on the kept weights."""
     import torch
@@ -137,16 +140,17 @@ def calibrate_if_needed(run: Path, data: str, work: Path) -> str:
     from visiontune.data.loader import ImageItems
     from visiontune.data.transforms import pixel_transform
     from visiontune.detector import BANK_CAP, fit_knn
-    from visiontune.embedding import logits_and_embeddings
+    from visiontune.embedding import default_layout, logits_and_embeddings
     from visiontune.inference import Inference
     from visiontune.runs.folder import RunFolder
 
     model, meta = load_bundle(run / "model")
-    if meta.calibration.conformal is not None and meta.calibration.detector is not None:
-        return "the bundle's own (fitted at the end of training)"
+    if meta.calibration.conformal is not None and meta.calibration.detector is not None and not refit:
+        return f"the bundle's own (fitted at the end of training; {meta.calibration.detector.embedding} embedding)"
     folder = RunFolder(run)
     runner = Inference.create(model, model.preprocessing, device="cpu")
-    forward, k = logits_and_embeddings(model), len(meta.classes)
+    layout = default_layout(model)
+    forward, k = logits_and_embeddings(model, layout), len(meta.classes)
 
     def outputs(split: str, cap: int | None = None) -> tuple[torch.Tensor, list[str]]:
         rows = [(p, label) for p, label in folder.split_files(split, data_root=meta.training.get("data_root"),
@@ -161,11 +165,12 @@ def calibrate_if_needed(run: Path, data: str, work: Path) -> str:
     valid, labels = outputs("valid")
     targets = torch.tensor([meta.classes.index(label) for label in labels])
     calibration = calibrate(valid[:, :k], targets)
-    detector = fit_knn(outputs("train", BANK_CAP)[0][:, k:], cap=BANK_CAP, seed=42)
+    detector = fit_knn(outputs("train", BANK_CAP)[0][:, k:], cap=BANK_CAP, seed=42, embedding=layout)
     calibration = calibration.with_detector(detector, valid[:, k:])
     save_bundle(run / "model", model, dataclasses.replace(meta, calibration=calibration))
     return (f"fitted here as training's finish does, on the run's {len(targets)} validation images and "
-            f"{len(detector.bank)} training embeddings (T = {calibration.temperature:.3f})")  # fmt: skip
+            f"{len(detector.bank)} training embeddings, {layout} layout, {detector.dim} dimensions "
+            f"(T = {calibration.temperature:.3f})")  # fmt: skip
 
 
 def main() -> None:
@@ -177,6 +182,7 @@ def main() -> None:
     parser.add_argument("--second-crops", type=int, default=50, help="crops per sklearn sample photo (second source)")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    parser.add_argument("--refit", action="store_true", help="fit calibration and detector again, as training now does")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ood-bench-"))
     try:
@@ -200,7 +206,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     second = write_second_source(work / "ood" / "second", args.second_crops)
     print(f"OOD images: {digits} digits, {photos} photos (the existing folder); {second} faces and sample-photo crops")
     run_copy = copy_run(args.run, work / "run")
-    print(f"calibration: {calibrate_if_needed(run_copy, args.data, work)}")
+    print(f"calibration: {calibrate_if_needed(run_copy, args.data, work, refit=args.refit)}")
     print(f"command: visiontune evaluate {run_copy} {args.data} --ood {work / 'ood'} --out {work / 'eval'}")
     result = evaluate(run_copy, args.data, EvalConfig(ood=str(work / "ood"), out=str(work / "eval")))
     calibration = Predictor.load(run_copy, device="cpu").calibration  # with the k-NN bank, when it has one

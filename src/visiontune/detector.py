@@ -37,6 +37,10 @@ DEFAULT_K = 10
 BANK_CAP = 4096
 DEFAULT_ALPHA = 0.05  # at most 5% of in-distribution images flagged
 FILE = "detector.safetensors"
+# which vectors the bank holds (embedding.py builds them): the final pooled embedding (every bundle
+# before "stages", and features bundles), or each backbone stage's pooled output and it, concatenated
+POOLED, STAGES = "pooled", "stages"
+LAYOUTS = (POOLED, STAGES)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: a tensor field has no single truth value
@@ -50,6 +54,7 @@ class KNNDetector:
 
     bank: torch.Tensor  # (M, D) float32, rows of length 1
     k: int = DEFAULT_K
+    embedding: str = POOLED  # the layout of the vectors it scores (see embedding.py)
 
     @property
     def dim(self) -> int:
@@ -66,16 +71,20 @@ class KNNDetector:
     def to_dict(self) -> dict[str, Any]:
         """What bundle.json says about it (the bank itself is in `FILE`; sha256 of its float16 values)."""
         info = {"kind": "knn", "k": self.k, "bank": len(self.bank), "dim": self.dim, "file": FILE}
+        info["embedding"] = self.embedding
         return {**info, "sha256": _digest(self.bank.half())}
 
     def save(self, folder: Path) -> Path:
         path = folder / FILE
-        save_file({"bank": self.bank.half().contiguous()}, str(path), metadata={"k": str(self.k)})
+        save_file({"bank": self.bank.half().contiguous()}, str(path), metadata=self._metadata())
         return path
 
     def to_bytes(self) -> bytes:
         """The bank as safetensors bytes (what an ONNX export's metadata carries, base64-encoded)."""
-        return save({"bank": self.bank.half().contiguous()}, metadata={"k": str(self.k)})
+        return save({"bank": self.bank.half().contiguous()}, metadata=self._metadata())
+
+    def _metadata(self) -> dict[str, str]:
+        return {"k": str(self.k), "embedding": self.embedding}
 
     @classmethod
     def from_bytes(cls, data: bytes, block: dict[str, Any], *, where: str) -> KNNDetector:
@@ -99,21 +108,27 @@ class KNNDetector:
     def _checked(cls, stored: torch.Tensor, block: dict[str, Any], where: str) -> KNNDetector:
         if block.get("sha256") and _digest(stored) != block["sha256"]:
             raise BundleError(f"{where}: the detector bank does not match its checksum: it is damaged; retrain")
-        return cls(F.normalize(stored.float(), dim=1), k=int(block.get("k", DEFAULT_K)))
+        embedding = str(block.get("embedding", POOLED))  # bundles before "stages" say nothing: pooled
+        if embedding not in LAYOUTS:
+            raise BundleError(f"{where}: unknown detector embedding {embedding!r}; use a newer visiontune, or retrain")
+        return cls(F.normalize(stored.float(), dim=1), k=int(block.get("k", DEFAULT_K)), embedding=embedding)
 
 
 def _digest(bank: torch.Tensor) -> str:
     return hashlib.sha256(bank.contiguous().numpy().tobytes()).hexdigest()
 
 
-def fit_knn(embeddings: torch.Tensor, *, k: int = DEFAULT_K, cap: int = BANK_CAP, seed: int = 0) -> KNNDetector:
-    """The detector of (N, D) training embeddings: at most `cap` rows, drawn with `seed`."""
+def fit_knn(
+    embeddings: torch.Tensor, *, k: int = DEFAULT_K, cap: int = BANK_CAP, seed: int = 0, embedding: str = POOLED
+) -> KNNDetector:
+    """The detector of (N, D) training embeddings (in layout `embedding`): at most `cap` rows, drawn with `seed`."""
     embeddings = torch.as_tensor(embeddings).float()
     if len(embeddings) > cap:
         keep = torch.randperm(len(embeddings), generator=torch.Generator().manual_seed(seed))[:cap]
         embeddings = embeddings[keep.sort().values]
     # stored in float16: round here so the fitted threshold sees the bank a loaded bundle will have
-    return KNNDetector(F.normalize(F.normalize(embeddings, dim=1).half().float(), dim=1), k=k)
+    bank = F.normalize(F.normalize(embeddings, dim=1).half().float(), dim=1)
+    return KNNDetector(bank, k=k, embedding=embedding)
 
 
 def conformal_threshold(scores: torch.Tensor, *, alpha: float = DEFAULT_ALPHA) -> float | None:

@@ -28,7 +28,6 @@ from visiontune.bundle import BundleMeta, resolve_bundle_path
 from visiontune.config import check_choice, check_range
 from visiontune.data.loader import ImageItems
 from visiontune.data.sources import Sample
-from visiontune.embedding import logits_and_embeddings
 from visiontune.errors import DatasetError
 from visiontune.evaluation import figures, gradcam
 from visiontune.evaluation.answers import write_answers
@@ -107,7 +106,7 @@ class Scored:
         """Score `dataset` through the predictor's own loader and forward pass: exactly what predict serves."""
         runner = predictor.runner
         loader = runner.loader(dataset, batch_size=config.batch_size, num_workers=config.num_workers)
-        forward = logits_and_embeddings(predictor.model) if predictor.can_embed else None  # one pass for both
+        forward = predictor.embedding_forward() if predictor.can_embed else None  # one pass for both
         scored = runner.outputs(loader, forward=forward, progress=progress)
         logits, embedded = scored.outputs[:, : predictor.num_classes], None
         if forward is not None:

@@ -5,8 +5,9 @@ exporter PyTorch maintains) with a dynamic batch axis:
 
     images      (batch, 3, H, W) float32, RGB scaled to 0..1, then (x - mean) / std
     logits      (batch, K) float32;  probabilities = softmax(logits / temperature)
-    embeddings  (batch, D) float32, the pooled features the "knn" unknown score reads (bundles
-                with a k-NN detector; its bank is in the metadata, so the file alone scores it)
+    embeddings  (batch, D) float32, the vectors the "knn" unknown score reads, in the layout its
+                detector names (embedding.py; bundles with a k-NN detector; its bank is in the
+                metadata, so the file alone scores it)
 
 Resizing stays outside the graph (it depends on each image's size), so the metadata says how:
 `preprocessing` (size, mean, std, interpolation, resize mode), `classes`, `calibration`
@@ -82,7 +83,7 @@ def to_onnx(
     example = torch.randn(2, 3, height, width)  # 2, not 1: a batch of one would be specialised into the graph
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     embeds = meta.calibration.detector is not None and has_embeddings(model)
-    graph = _LogitsAndEmbeddings(model, len(meta.classes)) if embeds else model
+    graph = _LogitsAndEmbeddings(model, meta) if embeds else model
     try:
         with _quiet():
             # torch.export first, so a model that can't be traced fails here with its reason, rather than
@@ -129,14 +130,15 @@ def metadata(meta: BundleMeta, *, weights: str | None = None) -> dict[str, str]:
 
 
 class _LogitsAndEmbeddings(torch.nn.Module):
-    """The graph with two outputs: the logits and the pooled embedding, from one pass of the backbone."""
+    """The graph with two outputs: the logits and the detector's embedding, from one pass of the backbone."""
 
-    def __init__(self, model: torch.nn.Module, classes: int) -> None:
+    def __init__(self, model: torch.nn.Module, meta: BundleMeta) -> None:
         super().__init__()
-        self.model, self.classes = model, classes
+        self.model, self.classes = model, len(meta.classes)
+        self.layout = meta.calibration.detector.embedding  # type: ignore[union-attr]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = logits_and_embeddings(self.model)(images)
+        outputs = logits_and_embeddings(self.model, self.layout)(images)
         return outputs[:, : self.classes], outputs[:, self.classes :]
 
 

@@ -31,7 +31,7 @@ from visiontune.conformal import check_coverage
 from visiontune.data.images import DEFAULT_MAX_PIXELS
 from visiontune.data.loader import Batch, ImageInput, ImageItems
 from visiontune.data.transforms import Preprocessing, pixel_transform
-from visiontune.embedding import has_embeddings, logits_and_embeddings
+from visiontune.embedding import POOLED, has_embeddings, logits_and_embeddings
 from visiontune.errors import BundleError, ConfigError, ImageError, ModelError
 from visiontune.inference import Inference
 
@@ -239,6 +239,11 @@ class Predictor:
             return "msp"
         return name
 
+    def embedding_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The forward giving (B, K + D) logits and the embedding the detector's bank holds (its layout)."""
+        detector = self.calibration.detector
+        return logits_and_embeddings(self.model, detector.embedding if detector is not None else POOLED)
+
     @property
     def can_embed(self) -> bool:
         """Whether this model gives embeddings and a detector is loaded (the "knn" score works)."""
@@ -321,7 +326,7 @@ class Predictor:
         self, pixels: torch.Tensor, *, tta: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, probabilities, embeddings) from one forward pass; with `tta` each averaged over the views."""
-        forward = logits_and_embeddings(self.model)
+        forward = self.embedding_forward()
         if tta:
             outputs = self.runner(pixels, forward=lambda images: forward(torch.cat(tta_views(images))))
             outputs = outputs.view(4, -1, outputs.shape[1])

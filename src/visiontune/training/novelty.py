@@ -1,9 +1,11 @@
 """The k-NN unknown detector, fitted at the end of training for both methods (see detector.py).
 
-It needs the pooled embeddings of training images (the bank) and of validation images (its
-threshold). The features method has them already (cached, `Fitted.embeddings`); for a fine-tuned
-model they are computed here with the kept weights through `Inference`, the forward pass every
-other reader uses, for a seeded subsample of at most `BANK_CAP` training images.
+It needs the embeddings of training images (the bank) and of validation images (its
+threshold), in the layout `embedding.default_layout` picks for the model. The features method
+has them already (cached pooled vectors, `Fitted.embeddings`); for a fine-tuned model they are
+computed here ("stages": every feature stage's pooled output and the final one) with the kept
+weights through `Inference`, the forward pass every other reader uses, for a seeded subsample
+of at most `BANK_CAP` training images.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from visiontune.calibration import Calibration
 from visiontune.data.loader import ImageItems
 from visiontune.data.transforms import pixel_transform
 from visiontune.detector import BANK_CAP, DEFAULT_K, fit_knn
-from visiontune.embedding import embeddings
+from visiontune.embedding import POOLED, default_layout, embeddings
 from visiontune.inference import Inference
 from visiontune.training.fitting import Fitted, Prepared
 
@@ -27,14 +29,16 @@ def add_detector(p: Prepared, fitted: Fitted, calibration: Calibration) -> Calib
     """`calibration` with the k-NN detector and its validation threshold; unchanged when there is nothing to fit."""
     if len(p.data.split("train")) < DEFAULT_K or not p.data.split("valid"):
         return calibration
-    embed = fitted.embeddings or (lambda split: _embed(p, fitted, split))
+    layout = POOLED if fitted.embeddings else default_layout(fitted.model)
+    embed = fitted.embeddings or (lambda split: _embed(p, fitted, split, layout))
     train, valid = embed("train"), embed("valid")
-    detector = fit_knn(train, k=DEFAULT_K, cap=BANK_CAP, seed=p.config.train.seed)
-    log.info("k-NN detector: %d training embeddings (k=%d)", len(detector.bank), detector.k)
+    detector = fit_knn(train, k=DEFAULT_K, cap=BANK_CAP, seed=p.config.train.seed, embedding=layout)
+    log.info("k-NN detector: %d training embeddings (k=%d, %s, %d dimensions)",
+             len(detector.bank), detector.k, layout, detector.dim)  # fmt: skip
     return calibration.with_detector(detector, valid)
 
 
-def _embed(p: Prepared, fitted: Fitted, split: str) -> torch.Tensor:
+def _embed(p: Prepared, fitted: Fitted, split: str, layout: str) -> torch.Tensor:
     """(N, D) embeddings of a split (training: a seeded subsample of at most BANK_CAP) with the kept weights."""
     samples = p.data.split(split)
     if split == "train" and len(samples) > BANK_CAP:
@@ -47,4 +51,4 @@ def _embed(p: Prepared, fitted: Fitted, split: str) -> torch.Tensor:
                          max_pixels=p.config.data.max_pixels)  # fmt: skip
     loader = runner.loader(dataset, num_workers=p.config.train.num_workers)
     with fitted.weights():
-        return runner.outputs(loader, forward=lambda images: embeddings(model, images)).outputs
+        return runner.outputs(loader, forward=lambda images: embeddings(model, images, layout)).outputs
