@@ -116,7 +116,8 @@ def test_unknown_follows_the_calibrated_threshold(finetuned_run: Path, trained_d
     assert not any(p.unknown for p in predictor.predict(images, unknown=False))
     assert all(p.predictions for p in predictor.predict(images))  # the best guess stays alongside
     energy = predictor.predict(images, unknown_score="energy")
-    assert all(p.score is not None and p.score > 1.0 for p in energy)  # a logsumexp, not a probability
+    scores = [p.score for p in energy]
+    assert None not in scores and max(scores) > 1.0  # a logsumexp, unbounded: not a probability
     with pytest.raises(ConfigError, match="'msp', 'energy'"):
         predictor.predict(images, unknown_score="entropy")
 

@@ -101,28 +101,32 @@ def test_budget_stop_ends_training_when_the_reserve_would_be_eaten() -> None:
     assert trainer.should_stop and stop.stopped
 
 
-def test_budget_stop_shortens_the_phase_to_the_epochs_that_fit_after_measuring_one() -> None:
+def test_budget_stop_resizes_the_phase_to_the_steps_that_fit_once_an_epoch_is_timed() -> None:
     clock = FakeClock()
     stop = BudgetStop(deadline=400.0, reserve_s=20.0, clock=clock)
-    cuts: list[int] = []
-    trainer = SimpleNamespace(should_stop=False, epoch=2, phase_end=8, shorten_phase=cuts.append)
+    sizes: list[int] = []
+    schedule = SimpleNamespace(total=80)  # 8 epochs of 10 steps planned
+    trainer = SimpleNamespace(should_stop=False, epoch=2, phase_end=8, step=20, steps_per_epoch=10,
+                              schedule=schedule, resize_phase=sizes.append)  # fmt: skip
     clock.now = 100.0
-    stop.after_epoch(trainer, {"time_s": 40.0})  # 280 s left: 7 epochs of 40 s fit, 6 are planned
-    assert cuts == [] and not trainer.should_stop
-    stop.after_epoch(trainer, {"time_s": 50.0})  # epochs got slower: 5 fit
-    assert cuts == [1] and not trainer.should_stop
-    clock.now = 340.0
-    stop.after_epoch(trainer, {"time_s": 50.0})  # 40 s left: none fits, stop at this epoch's end
-    assert cuts == [1] and trainer.should_stop and stop.stopped
+    stop.after_epoch(trainer, {"time_s": 46.0})  # 280 s left at 4.6 s a step: 60 more steps, as planned
+    assert sizes == [] and not trainer.should_stop
+    stop.after_epoch(trainer, {"time_s": 56.0})  # slower: 50 more steps fit, the schedule shrinks to 70
+    assert sizes == [70]
+    stop.after_epoch(trainer, {"time_s": 28.0})  # faster than planned: 100 more would fit, at most twice the plan
+    assert sizes == [70, 120] and not trainer.should_stop
+    clock.now = 379.0
+    stop.after_epoch(trainer, {"time_s": 50.0})  # 1 s left: not one step fits, stop at this epoch's end
+    assert trainer.should_stop and stop.stopped
 
 
-def test_a_shortened_phase_still_anneals_its_rate_by_the_new_end() -> None:
-    trainer = SimpleNamespace(epoch=2, phase_start=0, phase_end=8, _steps_per_epoch=10, schedule=OneCycle(80, 0.3, 5.0))
-    Trainer.shorten_phase(trainer, 3)  # type: ignore[arg-type]
-    assert trainer.phase_end == 5 and trainer.schedule.total == 50
-    assert trainer.schedule.factor(50) < 1e-5 < 0.5 < OneCycle(80, 0.3, 5.0).factor(50)  # annealed at step 50, not 80
-    Trainer.shorten_phase(trainer, 10)  # type: ignore[arg-type]
-    assert trainer.phase_end == 3  # never before the epoch under way ends
+def test_a_resized_phase_anneals_its_rate_by_the_new_end_and_may_end_mid_epoch() -> None:
+    trainer = SimpleNamespace(step=20, phase_start=0, phase_end=8, steps_per_epoch=10, schedule=OneCycle(80, 0.3, 5.0))
+    Trainer.resize_phase(trainer, 45)  # type: ignore[arg-type]
+    assert (trainer.phase_end, trainer.step_limit, trainer.schedule.total) == (5, 45, 45)  # epoch 5 ends at step 45
+    assert trainer.schedule.factor(45) < 1e-5 < 0.5 < OneCycle(80, 0.3, 5.0).factor(45)  # annealed at 45, not 80
+    Trainer.resize_phase(trainer, 5)  # type: ignore[arg-type]
+    assert trainer.step_limit == 21  # never before the step under way
 
 
 def test_budget_durations_are_checked_at_the_boundary() -> None:

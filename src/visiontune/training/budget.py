@@ -229,10 +229,10 @@ def _decode_time(files: Sequence[Path], clock: Clock) -> float:
 class BudgetStop(Callback):
     """Keep training inside the deadline, leaving `reserve_s` for validation, final scoring and the bundle.
 
-    After each epoch, with the real epoch time measured, the phase is shortened to the epochs that
-    still fit (its schedule compressed to anneal by the new end) or ended there. Should an epoch
-    still overrun, it ends at the next batch, is validated and checkpointed like any other, and the
-    best epoch is what `finish` bundles.
+    After each epoch, with the real epoch time measured, the phase is resized to the optimizer steps
+    that fit (its schedule re-spread to anneal by the new end, the last epoch perhaps partial) or
+    ended there. Should an epoch still overrun, it ends at the next batch, is validated and
+    checkpointed like any other, and the best epoch is what `finish` bundles.
     """
 
     def __init__(self, deadline: float, reserve_s: float, *, clock: Clock = time.perf_counter) -> None:
@@ -241,16 +241,21 @@ class BudgetStop(Callback):
 
     def after_epoch(self, trainer: Any, metrics: dict[str, Any]) -> None:
         epoch_s = float(metrics.get("time_s") or 0.0)
-        planned = trainer.phase_end - trainer.epoch
-        if self.stopped or epoch_s <= 0 or planned <= 0:
+        planned = getattr(trainer.schedule, "total", None)
+        if self.stopped or epoch_s <= 0 or planned is None or trainer.epoch >= trainer.phase_end:
             return
-        fit = int((self.deadline - self.clock() - self.reserve_s) // epoch_s)
-        if fit <= 0:
+        step_s = epoch_s / trainer.steps_per_epoch  # validation included, spread over the steps
+        more = int((self.deadline - self.clock() - self.reserve_s) / step_s)
+        if more <= 0:
             self.stopped = trainer.should_stop = True
-            log.warning("time budget: no further epoch fits; ending training here with the best epoch so far")
-        elif fit < planned:
-            trainer.shorten_phase(planned - fit)
-            log.warning("time budget: epochs take %.0f s here; %d more fit instead of %d", epoch_s, fit, planned)
+            log.warning("time budget: no further step fits; ending training here with the best epoch so far")
+            return
+        steps = min(trainer.step + more, 2 * planned)  # longer at most twice: the rate would jump too far
+        if abs(steps - planned) >= max(1, trainer.steps_per_epoch // 4):  # not for every jitter of the clock
+            trainer.resize_phase(steps)
+            log.warning("time budget: epochs take %.0f s here; the schedule now runs %.1f epochs in all",
+                        epoch_s, steps / trainer.steps_per_epoch)  # fmt: skip
+
 
     def after_batch(self, trainer: Any, loss: float, batch_size: int) -> None:
         if not self.stopped and self.clock() + self.reserve_s >= self.deadline:

@@ -109,7 +109,8 @@ class Trainer:
         self.epoch = 0  # epochs completed, counted across phases
         self.step = 0  # optimizer steps in the current phase
         self.schedule: OneCycle | Ramp | None = None  # the phase under way's, and its epochs [start, end)
-        self.phase_start = self.phase_end = self._steps_per_epoch = 0
+        self.phase_start = self.phase_end = self.steps_per_epoch = 0
+        self.step_limit: int | None = None  # set when a time budget resized the phase: it ends mid-epoch there
         self.should_stop = False
         self._pending: Checkpoint | None = None
 
@@ -149,7 +150,8 @@ class Trainer:
     def _run_phase(self, phase: Phase, start: int, end: int) -> None:
         steps_per_epoch = max(1, math.ceil(len(self.train_loader) / self.config.accumulate))
         self.schedule = phase.ramp or OneCycle(phase.epochs * steps_per_epoch, phase.pct_start, phase.div)
-        self.phase_start, self.phase_end, self._steps_per_epoch = start, end, steps_per_epoch
+        self.phase_start, self.phase_end, self.steps_per_epoch = start, end, steps_per_epoch
+        self.step_limit = None
         resumed_inside = self.epoch > start
         self._prepare(phase, restore=self._pending if resumed_inside else None)
         self.step = (self.epoch - start) * steps_per_epoch
@@ -188,16 +190,18 @@ class Trainer:
         if restore is not None and self.accelerator.scaler is not None and "scaler" in restore.state:
             self.accelerator.scaler.load_state_dict(restore.state["scaler"])
 
-    def shorten_phase(self, epochs: int) -> None:
-        """End the phase under way `epochs` earlier, its one-cycle compressed so the rate still anneals by then.
+    def resize_phase(self, steps: int) -> None:
+        """Give the phase under way `steps` optimizer steps in all, its one-cycle spread over them.
 
-        A time budget calls this when the epochs run slower than planned: a run cut mid-schedule
-        would end at a high learning rate and lose the accuracy the annealing brings.
+        A time budget calls this once real epochs are timed: longer when they run faster than
+        planned, shorter when slower, so the rate anneals just as the time runs out instead of the
+        run ending early or being cut at a high rate. The last epoch may end part-way.
         """
-        self.phase_end = max(self.epoch + 1, self.phase_end - epochs)
+        steps = max(steps, self.step + 1)
+        self.phase_end = self.phase_start + math.ceil(steps / self.steps_per_epoch)
+        self.step_limit = steps
         if isinstance(self.schedule, OneCycle):
-            total = (self.phase_end - self.phase_start) * self._steps_per_epoch
-            self.schedule = dataclasses.replace(self.schedule, total=total)
+            self.schedule = dataclasses.replace(self.schedule, total=steps)
 
     # ----------------------------------------------------------------------------------- epochs
     def _seed_epoch(self) -> None:
@@ -212,8 +216,8 @@ class Trainer:
         started = time.perf_counter()
         batches, every = len(self.train_loader), self.config.accumulate
         for index, (batch, wait) in enumerate(_timed(self.train_loader)):
-            if self.should_stop:  # a callback stopped training mid-epoch (the range test)
-                break
+            if self.should_stop or (self.step_limit is not None and self.step >= self.step_limit):
+                break  # a callback stopped training mid-epoch (the range test), or a resized phase ends here
             waited += wait
             # Accumulate over `every` batches; the epoch's last group may be shorter and is scaled to match.
             group_end = min((index // every + 1) * every, batches)
