@@ -256,7 +256,6 @@ class BudgetStop(Callback):
             log.warning("time budget: epochs take %.0f s here; the schedule now runs %.1f epochs in all",
                         epoch_s, steps / trainer.steps_per_epoch)  # fmt: skip
 
-
     def after_batch(self, trainer: Any, loss: float, batch_size: int) -> None:
         if not self.stopped and self.clock() + self.reserve_s >= self.deadline:
             self.stopped = trainer.should_stop = True
