@@ -18,6 +18,7 @@ their ratios are printed.
 
 Usage:
     python bench/time_to_accuracy.py                      # the defaults against a bare loop at 64 px, 3 epochs
+    python bench/time_to_accuracy.py --bare 64:3,64:5,64:3:cl --repeats 2   # more bare loops, one channels-last
     python bench/time_to_accuracy.py --bare 64:3,112:3 --train-args "old=--image-size 112 --epochs 6 --freeze-epochs 1"
 """
 
@@ -95,13 +96,15 @@ def _tensor(items: list[tuple[Path, int]], size: int) -> tuple[torch.Tensor, tor
 
 
 def run_bare(train: list[tuple[Path, int]], test: list[tuple[Path, int]], *, size: int, epochs: int,
-             lr: float) -> Result:  # fmt: skip
+             lr: float, channels_last: bool = False) -> Result:  # fmt: skip
     from visiontune.models import create_classifier
 
     started, cpu = time.perf_counter(), time.process_time()
     x, y = _tensor(train, size)
     torch.manual_seed(0)
     model = create_classifier("efficientnet_lite0", len(CLASSES), image_size=size)
+    if channels_last:  # the layout `train` uses: a bare loop at its fastest
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     steps = epochs * (len(x) // 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.25)
@@ -117,6 +120,8 @@ def run_bare(train: list[tuple[Path, int]], test: list[tuple[Path, int]], *, siz
             schedule.step()
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     tx, ty = _tensor(test, size)
+    if channels_last:
+        tx = tx.contiguous(memory_format=torch.channels_last)
     model.eval()
     with torch.inference_mode():
         predicted = torch.cat([model(tx[i : i + 256]).argmax(1) for i in range(0, len(tx), 256)])
@@ -127,12 +132,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--train-args", action="append", help="LABEL=OPTIONS for `visiontune train`, repeatable")
-    parser.add_argument("--bare", default="64:3", help="the bare loops to run, SIZE:EPOCHS comma-separated")
+    parser.add_argument("--bare", default="64:3", help="the bare loops to run, SIZE:EPOCHS[:cl] comma-separated"
+                        " (cl: channels-last memory)")  # fmt: skip
     parser.add_argument("--lr", type=float, default=2e-3, help="the bare loop's peak rate")
     args = parser.parse_args()
     ours = dict(a.split("=", 1) for a in (args.train_args or ["defaults="]))
-    bares = [tuple(int(v) for v in b.split(":")) for b in args.bare.split(",") if b]
-    rows: dict[str, list[Result]] = {**{k: [] for k in ours}, **{f"bare {s} px x{e}": [] for s, e in bares}}
+    bares = [(int(b.split(":")[0]), int(b.split(":")[1]), b.endswith(":cl")) for b in args.bare.split(",") if b]
+    names = {bare: f"bare {bare[0]} px x{bare[1]}{' channels-last' if bare[2] else ''}" for bare in bares}
+    rows: dict[str, list[Result]] = {**{k: [] for k in ours}, **{names[b]: [] for b in bares}}
     with tempfile.TemporaryDirectory() as tmp:
         train = write_split(Path(tmp) / "train", "train", 400, start=30_000, seed=0)
         test = write_split(Path(tmp) / "test", "t10k", 100, start=0, seed=1)
@@ -142,9 +149,10 @@ def main() -> None:
                 out = Path(tmp) / f"run-{label}-{repeat}"
                 rows[label].append(run_ours(Path(tmp) / "train", test, out, shlex.split(options)))
                 print(label, rows[label][-1], flush=True)
-            for size, epochs in bares:
-                label = f"bare {size} px x{epochs}"
-                rows[label].append(run_bare(train, test, size=size, epochs=epochs, lr=args.lr))
+            for size, epochs, channels_last in bares:
+                label = names[(size, epochs, channels_last)]
+                rows[label].append(run_bare(train, test, size=size, epochs=epochs, lr=args.lr,
+                                            channels_last=channels_last))  # fmt: skip
                 print(label, rows[label][-1], flush=True)
     print(f"\n4,000 train / 1,000 test Fashion-MNIST (28 px), load average {os.getloadavg()[0]:.1f}")
     print(f"{'side':<24} {'test accuracy':>13} {'wall s':>8} {'CPU s':>8}")

@@ -16,7 +16,8 @@ from visiontune.data import loader as loader_module
 from visiontune.data.datamodule import DataModule
 from visiontune.data.dataset import load_data
 from visiontune.data.decoded import DecodedCache, decoded_cache, presized
-from visiontune.data.transforms import Preprocessing, pixel_transform
+from visiontune.data.images import open_image
+from visiontune.data.transforms import Preprocessing, build_transform, normalize_batch, pixel_transform
 
 PRE = Preprocessing(image_size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -53,9 +54,9 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return counts
 
 
-def _module(root: Path, *, decode_once: bool = True) -> DataModule:
+def _module(root: Path, *, decode_once: bool = True, augment: str = "standard") -> DataModule:
     cfg = LoaderConfig(batch_size=4, num_workers=0)
-    return DataModule(load_data(root), PRE, AugmentConfig.preset("standard"), cfg, seed=1, decode_once=decode_once)
+    return DataModule(load_data(root), PRE, AugmentConfig.preset(augment), cfg, seed=1, decode_once=decode_once)
 
 
 def _epoch(dm: DataModule, epoch: int) -> torch.Tensor:
@@ -74,6 +75,24 @@ def test_every_epoch_after_the_fill_opens_no_image_file(photo_folder: Path, deco
     assert first.shape == second.shape == (train - train % 4, 3, 32, 32)
     assert not torch.equal(first, second)  # the random crops and flips still change every epoch
     assert sum(len(b) for b in batches) == valid
+
+
+def test_unaugmented_training_reads_the_evaluation_pixels(photo_folder: Path, decodes: dict[str, int]) -> None:
+    """`--augment none` (fine-tuning's default): nothing random per epoch, so no per-epoch resize either."""
+    dm = _module(photo_folder, augment="none")
+    train, valid = len(dm.data.split("train")), len(dm.data.split("valid"))
+    for epoch in (0, 1):
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            assert batch.pixels.dtype == torch.uint8 and batch.pixels.shape[1:] == (32, 32, 3)
+            for row, index in zip(batch.pixels, batch.indices.tolist(), strict=True):
+                path = dm.dataset("train").path(index)
+                expected = build_transform(PRE)(open_image(path))  # what training normalised before
+                torch.testing.assert_close(normalize_batch(row[None], PRE)[0], expected, atol=1e-6, rtol=0)
+    list(dm.eval_dataloader("valid"))
+    assert decodes["loader"] == 0 and decodes["fill"] == train + valid  # one cache serves training and validation
+    assert list(dm._caches) == [False]
 
 
 def test_validation_reads_exactly_the_pixels_it_would_decode(photo_folder: Path) -> None:

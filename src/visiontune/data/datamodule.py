@@ -1,9 +1,11 @@
 """The loaders of one labelled data set: augmented training batches, plain evaluation batches.
 
 Both read images through `data.loader` (one Dataset, one collate, one worker policy for every
-path that decodes images). Training batches are normalised float tensors, since some augmentations
-(random erasing) work on them; evaluation batches are uint8 pixels that `inference` normalises on
-the device, exactly as predict does.
+path that decodes images). Augmented training batches are normalised float tensors, since some
+augmentations (random erasing) work on them. Evaluation batches, and training batches when nothing
+is random (`--augment none`, the fine-tuning default), are the evaluation pipeline's uint8 pixels,
+read from the decoded-once cache and normalised on the device (`transforms.normalize_batch`): no
+per-epoch resize, and a quarter of the bytes to move.
 """
 
 from __future__ import annotations
@@ -50,11 +52,11 @@ class DataModule:
         return self.data.classes
 
     def dataset(self, split: str, *, train: bool | None = None) -> ImageItems:
-        """The dataset of one split: augmented float tensors for `train`, uint8 evaluation pixels otherwise."""
+        """A split's dataset: augmented float tensors when training augments, uint8 evaluation pixels otherwise."""
         samples = self.data.split(split)
         if not samples:
             raise DatasetError(f"{self.data.root}: no images in the {split} split")
-        augmenting = split == "train" if train is None else train
+        augmenting = (split == "train" if train is None else train) and self.augment.enabled
         pre = self.preprocessing
         transform = build_transform(pre, train=True, augment=self.augment) if augmenting else pixel_transform(pre)
         return ImageItems(
@@ -67,7 +69,7 @@ class DataModule:
         )
 
     def _decoded(self, samples: list[Any], augmenting: bool) -> DecodedCache | None:
-        """The split's decoded-once cache, filled with what it lacks: presized for training, final for evaluation."""
+        """The split's decoded-once cache, filled with what it lacks: presized for augmentation, final otherwise."""
         if not self.decode_once:
             return None
         if augmenting not in self._caches:

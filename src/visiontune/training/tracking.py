@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix
 
 from visiontune.config import RunConfig
 from visiontune.data.images import open_image
@@ -97,6 +96,8 @@ def flat_params(config: RunConfig) -> dict[str, str]:
 
 def draw_figures(p: Prepared, fitted: Fitted, folder: Path) -> dict[str, Path]:
     """The validation confusion matrix and a grid of validation images with their predictions, as PNGs."""
+    from sklearn.metrics import confusion_matrix  # here: only a tracked run pays scikit-learn's import
+
     logits, targets = fitted.logits("valid")
     predicted = logits.argmax(dim=1)
     classes = list(p.data.classes)

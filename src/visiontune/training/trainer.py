@@ -31,6 +31,7 @@ from visiontune.config import FinetuneConfig, Monitor, get_monitor
 from visiontune.data.datamodule import DataModule
 from visiontune.data.loader import Batch, log_failures
 from visiontune.data.samplers import item_seed
+from visiontune.data.transforms import normalize_batch
 from visiontune.evaluation.metrics import classification_metrics
 from visiontune.inference import Inference, Scored, resolve_precision
 from visiontune.training.callbacks import LRFinder
@@ -92,7 +93,7 @@ class Trainer:
         self.accelerator = accelerator or make_accelerator(precision, compile=config.compile)
         self.precision = resolve_precision(precision)
         self.device = self.accelerator.device
-        self.channels_last = self.device.type == "cuda" if config.channels_last is None else config.channels_last
+        self.channels_last = config.channels_last is not False  # None (auto): on every device, see FinetuneConfig
         self.raw_model = model.to(self.device)
         if self.channels_last:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
@@ -270,8 +271,9 @@ class Trainer:
             self.ema.update(self.raw_model)
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        """Normalised (B, 3, H, W) float on the device: unaugmented batches arrive as uint8 pixels."""
+        images = normalize_batch(images.to(self.device, non_blocking=True), self.datamodule.preprocessing)
+        return images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     # ------------------------------------------------------------------------------- evaluation
     @torch.inference_mode()
