@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import write_class_folders
 from visiontune.bundle import load_bundle
@@ -18,6 +21,7 @@ from visiontune.data.dataset import load_data
 from visiontune.data.images import open_image
 from visiontune.data.transforms import build_transform
 from visiontune.errors import ConfigError
+from visiontune.features import fit as fit_module
 from visiontune.training.pipeline import TrainResult, train
 
 
@@ -100,3 +104,66 @@ def test_features_settings_are_checked(data: Path, tmp_path: Path) -> None:
         train(_config(data, tmp_path / "views", views=2, augment="none"))
     with pytest.raises(ConfigError, match="resume"):
         train(_config(data, tmp_path / "resume"), resume=tmp_path / "resume")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=60), st.integers(0, 10))
+def test_every_prefix_of_the_balanced_order_is_balanced(labels: list[int], seed: int) -> None:
+    array = np.array(labels)
+    order = fit_module.balanced_order(array, seed)
+    assert sorted(order) == list(range(len(labels)))  # each image exactly once
+    sizes = {c: int((array == c).sum()) for c in set(labels)}
+    for end in range(1, len(order) + 1):
+        counts = {c: int((array[order[:end]] == c).sum()) for c in sizes}
+        open_classes = [counts[c] for c in sizes if counts[c] < sizes[c]]  # classes with images left
+        assert not open_classes or max(counts.values()) - min(open_classes) <= 1
+
+
+def test_a_deadline_embeds_the_other_splits_whole_and_training_images_while_time_lasts(
+    data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A fake clock: every embedded image costs 0.01 s. Other splits first (33 images), then chunks of 10."""
+    monkeypatch.setenv("VISIONTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    clock = SimpleNamespace(now=0.0)
+    real = fit_module.extract_features
+
+    def timed(paths: list[str], *args: object, **kwargs: object) -> object:
+        clock.now += 0.01 * len(paths)
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "extract_features", timed)
+    monkeypatch.setattr(fit_module, "CHUNK", 10)
+    config = _config(data, tmp_path / "run", augment="none", heads=("logreg",))
+    loaded = load_data(data, config.data)
+    from visiontune.models import create_classifier
+
+    model = create_classifier("efficientnet_lite0", 3, image_size=32)
+    # 0.33 s for valid + test, then 0.1 s a chunk: two chunks end by 0.53, a third would end at 0.63
+    partial = fit_module.embed_splits(model, loaded, config, deadline=0.58, clock=lambda: clock.now)
+    whole = fit_module.embed_splits(model, loaded, config)
+    assert partial.train_images == 20 and partial.train_total == 45
+    assert partial.summary()["train_images"] == {"embedded": 20, "of": 45}
+    for split in ("valid", "test"):  # calibration and the scores need every one of these
+        np.testing.assert_array_equal(partial.x[split], whole.x[split])
+    kept = fit_module.balanced_order(whole.y["train"], config.train.seed)[:20]
+    np.testing.assert_array_equal(partial.x["train"], whole.x["train"][kept])  # rows match their labels
+    np.testing.assert_array_equal(partial.y["train"], whole.y["train"][kept])
+    assert sorted(np.bincount(partial.y["train"]).tolist()) == [6, 7, 7]
+    assert "train_images" not in whole.summary() and whole.train_images == 45
+    # past the deadline before any training image: the first chunk still runs, so there is a model
+    assert fit_module.embed_splits(model, loaded, config, deadline=0.0, clock=lambda: clock.now).train_images == 10
+
+
+def test_a_features_run_out_of_time_bundles_the_heads_of_what_was_embedded(
+    data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(fit_module, "CHUNK", 12)
+    config = _config(data, tmp_path / "run", augment="none", heads=("logreg",))
+    config = config.replace("train", budget="1s")  # gone before extraction starts: one chunk of training images
+    result = train(config)
+    assert result.extraction["train_images"] == {"embedded": 12, "of": 45}
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert info["features"]["train_images"] == {"embedded": 12, "of": 45} and info["plan"]["budget"] == "1s"
+    _, meta = load_bundle(result.run_dir)
+    assert meta.calibration.detector is not None and len(meta.calibration.detector.bank) == 12
+    assert result.metrics["valid_accuracy"] > 0.5  # 4 images a class, pretrained features: well above chance
