@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +12,9 @@ import torch
 
 from tests.conftest import write_class_folders
 from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig, parse_duration
+from visiontune.data.dataset import load_data
 from visiontune.errors import ConfigError
+from visiontune.models import create_classifier
 from visiontune.training.budget import (
     SAFETY,
     BudgetStop,
@@ -21,6 +24,7 @@ from visiontune.training.budget import (
     estimate,
     measure,
     plan_budget,
+    plan_run,
 )
 from visiontune.training.pipeline import train
 from visiontune.training.schedule import OneCycle
@@ -165,3 +169,20 @@ def test_a_budgeted_run_records_its_plan(tmp_path: Path, fashion: dict) -> None:
     assert result.config.finetune.epochs == plan["epochs"]
     # a budget far above what the data needs stretches the plan at most twice: seconds, not the 5 minutes
     assert result.elapsed_s < 60
+
+
+def test_a_large_budget_buys_pixels_only_up_to_the_images_ceiling(tmp_path: Path, fashion: dict) -> None:
+    data = load_data(write_class_folders(tmp_path / "data", fashion, per_class=12), DataConfig(valid_pct=0.25))
+    config = RunConfig(
+        DataConfig(source=str(data.root), valid_pct=0.25),
+        ModelConfig(backbone="small_cnn", image_size=32),
+        TrainConfig(budget="10h"),  # far more than 8 epochs at any size need
+        FinetuneConfig(epochs=2, freeze_epochs=0, batch_size=16),
+    )
+    model = create_classifier("small_cnn", len(data.classes), pretrained=False, image_size=32)
+    sizes = {}
+    for ceiling in (None, 48):
+        planned, timing = plan_run(config, data, model, started=time.perf_counter(), native_size=224, ceiling=ceiling)
+        sizes[ceiling] = planned.model.image_size
+        assert timing.plan.epochs == 8 and planned.finetune.epochs == 8  # the rest of the budget buys epochs
+    assert sizes == {None: 64, 48: 48}  # twice the default without a ceiling; the ceiling when it is lower

@@ -15,7 +15,7 @@ from skimage import data as skdata
 
 from tests.conftest import write_class_folders
 from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig
-from visiontune.data.audit import suggest_image_size
+from visiontune.data.audit import largest_useful_size, suggest_image_size
 from visiontune.data.dataset import load_data
 from visiontune.evaluation.metrics import auto_monitor
 from visiontune.training.finetune import resolve_balance
@@ -116,3 +116,13 @@ def test_a_1_6x_imbalance_changes_the_monitor_but_not_the_loss(tmp_path: Path, f
     info = json.loads((result.run_dir / "run.json").read_text())
     assert math.isclose(info["imbalance_ratio"], 1.6) and info["monitor"] == "valid_balanced_accuracy"
     assert info["balance"] == "none" and not info.get("class_weights")
+
+
+def test_a_budget_upsamples_small_images_at_most_about_4x() -> None:
+    for side in range(8, 112):
+        ceiling = largest_useful_size([side] * 3)
+        assert ceiling is not None and ceiling % 16 == 0 and 4 * side <= ceiling < 4 * side + 16, side
+    assert largest_useful_size([28, 28, 29]) == 112  # Fashion-MNIST: the former 4x rule's size
+    for side in (112, 224, 4000):
+        assert largest_useful_size([side] * 3) is None, side  # photos: the backbone's own size is the limit
+    assert largest_useful_size([]) is None

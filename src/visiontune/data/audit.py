@@ -219,6 +219,19 @@ def suggest_image_size(min_sides: Sequence[int]) -> tuple[int, str]:
     return size, f"median smallest side {m:g} px, rounded to a multiple of 32 ({why})"
 
 
+def largest_useful_size(min_sides: Sequence[int]) -> int | None:
+    """The input size past which small images gain nothing but compute: about 4x their median smallest side.
+
+    A time budget that could buy more pixels stops here for images under 112 px (28 px Fashion-MNIST:
+    112 px; the demo's 10-minute budget at 160 px scored no better than at 112, bench/RESULTS.md)
+    and buys epochs instead. None for larger images: the backbone's own size is their limit.
+    """
+    if not min_sides:
+        return None
+    m = float(np.median(min_sides))
+    return 16 * math.ceil(4 * m / 16) if m < 112 else None
+
+
 def find_duplicates(data: LabelledImages, relative: Callable[[str | Path], str]) -> list[dict[str, Any]]:
     """Exact (same bytes) and near (same pHash neighbourhood, confirmed by thumbnails) groups of usable samples.
 

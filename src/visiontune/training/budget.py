@@ -293,19 +293,22 @@ def plan_run(
     started: float,
     native_size: int,
     fixed_size: bool = False,
+    ceiling: int | None = None,
     clock: Clock = time.perf_counter,
 ) -> tuple[Any, Timing]:
     """The config to run (its recipe chosen to fit `config.train.budget`, when set) and what was planned.
 
     Without a budget the config is unchanged; the estimate is still made, and a long one warned about.
-    Under a budget the input size ranges up to twice the default (at most the backbone's `native_size`)
-    unless the user gave it (`fixed_size`), and the epochs up to 8.
+    Under a budget the input size ranges up to twice the default (at most the backbone's `native_size`
+    and the images' `ceiling`, see `audit.largest_useful_size`) unless the user gave it
+    (`fixed_size`), and the epochs up to 8.
     """
     ft, size = config.finetune, int(config.model.image_size)
     workload = Workload(len(data.split("train")), len(data.split("valid")), len(data.split("test")))
     workload = Workload(workload.train, workload.valid, workload.test, workload.train + workload.valid)
     files = [s.path for s in data.split("train")[:4]]
-    largest = size if fixed_size else max(size, min(2 * size, native_size))  # a bigger budget may buy pixels
+    limit = min(2 * size, native_size, ceiling or native_size)
+    largest = size if fixed_size else max(size, limit)  # a bigger budget may buy pixels, up to where they help
     method = config.train.method
     layout = method == "features" or ft.channels_last is not False  # features extract channels-last too
     budget = parse_duration(config.train.budget) if config.train.budget is not None else None

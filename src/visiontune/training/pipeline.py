@@ -30,7 +30,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from visiontune.bundle import BundleMeta, save_bundle
 from visiontune.calibration import calibrate
 from visiontune.config import Monitor, RunConfig, get_monitor
-from visiontune.data.audit import suggest_image_size
+from visiontune.data.audit import largest_useful_size, suggest_image_size
 from visiontune.data.dataset import LabelledImages, load_data
 from visiontune.errors import ConfigError, Interrupted
 from visiontune.evaluation.metrics import auto_monitor, imbalance_ratio, split_metrics
@@ -194,7 +194,9 @@ def _timed_plan(
     """The estimate, and under --budget the recipe that fits (its model rebuilt when the size changed)."""
     native = get_backbone(config.model.backbone).default_size
     began = time.perf_counter() if started is None else started
-    planned, timing = plan_run(config, data, model, started=began, native_size=native, fixed_size=fixed_size)
+    ceiling = largest_useful_size(_train_sides(data))
+    planned, timing = plan_run(config, data, model, started=began, native_size=native, fixed_size=fixed_size,
+                               ceiling=ceiling)  # fmt: skip
     if planned.train.method != config.train.method:
         planned = resolve(planned, data, ratio)
     if planned.model.image_size != config.model.image_size:
