@@ -184,5 +184,5 @@ def test_a_large_budget_buys_pixels_only_up_to_the_images_ceiling(tmp_path: Path
     for ceiling in (None, 48):
         planned, timing = plan_run(config, data, model, started=time.perf_counter(), native_size=224, ceiling=ceiling)
         sizes[ceiling] = planned.model.image_size
-        assert timing.plan.epochs == 8 and planned.finetune.epochs == 8  # the rest of the budget buys epochs
+        assert timing.plan.epochs == 16 and planned.finetune.epochs == 16  # the rest of the budget buys epochs
     assert sizes == {None: 64, 48: 48}  # twice the default without a ceiling; the ceiling when it is lower

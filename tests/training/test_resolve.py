@@ -14,12 +14,14 @@ from PIL import Image
 from skimage import data as skdata
 
 from tests.conftest import write_class_folders
-from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig
+from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig, auto_augment
 from visiontune.data.audit import largest_useful_size, suggest_image_size
 from visiontune.data.dataset import load_data
 from visiontune.evaluation.metrics import auto_monitor
+from visiontune.runs.folder import RunFolder
 from visiontune.training.finetune import resolve_balance
-from visiontune.training.pipeline import resolve, train
+from visiontune.training.pipeline import prepare, resolve, train
+from visiontune.training.trainer import make_accelerator
 
 
 def test_small_images_are_upsampled_about_3x_to_64_to_224() -> None:
@@ -77,6 +79,25 @@ def test_augment_auto_is_none_for_fine_tuning_and_standard_for_the_other_methods
     assert _resolved(small, "features").train.augment == "standard"  # --views N has augmented copies to make
     assert TrainConfig(method="scratch").augment_config().enabled
     assert not TrainConfig().augment_config().enabled
+    # longer fine-tuning runs get flips: 9 epochs, or 8 after a frozen one
+    for finetune in (FinetuneConfig(epochs=9), FinetuneConfig(epochs=8, freeze_epochs=1)):
+        config = RunConfig(DataConfig(source=str(small), valid_pct=0.34), finetune=finetune)
+        assert resolve(config, load_data(small, config.data), 1.0).train.augment == "light"
+    assert [auto_augment("finetune", e) for e in (1, 4, 8, 9, 16)] == ["none"] * 3 + ["light"] * 2
+
+
+def test_a_budget_that_plans_a_long_run_gives_it_flips(tmp_path: Path, fashion: dict[str, np.ndarray]) -> None:
+    small = write_class_folders(tmp_path / "fashion", fashion, per_class=4)
+    for augment, budget, expected in (("auto", "10h", "light"), ("none", "10h", "none"), ("auto", None, "none")):
+        config = RunConfig(
+            DataConfig(source=str(small), valid_pct=0.34),
+            ModelConfig(backbone="small_cnn", image_size=32),
+            TrainConfig(augment=augment, budget=budget),
+        )
+        prepared = prepare(config, RunFolder(tmp_path / f"run-{augment}-{budget}"), make_accelerator("fp32"),
+                           resume=False)  # fmt: skip
+        assert prepared.config.train.augment == expected, (augment, budget)
+        assert prepared.config.finetune.epochs == (16 if budget else 4)  # 10 hours buy the most epochs planned
 
 
 @pytest.mark.parametrize(

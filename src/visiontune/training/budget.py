@@ -301,7 +301,7 @@ def plan_run(
     Without a budget the config is unchanged; the estimate is still made, and a long one warned about.
     Under a budget the input size ranges up to twice the default (at most the backbone's `native_size`
     and the images' `ceiling`, see `audit.largest_useful_size`) unless the user gave it
-    (`fixed_size`), and the epochs up to 8.
+    (`fixed_size`), and the epochs up to 16.
     """
     ft, size = config.finetune, int(config.model.image_size)
     workload = Workload(len(data.split("train")), len(data.split("valid")), len(data.split("test")))
@@ -325,7 +325,7 @@ def plan_run(
     plan = default
     if budget is not None and method != "features":
         left = budget - (clock() - started)
-        most = max(epochs, 8)
+        most = max(epochs, 16)
         plan = plan_budget(costs, workload, seconds=left, largest_size=largest, freeze_epochs=freeze, most_epochs=most)
         if plan.method == "finetune" and method == "scratch":
             plan = Plan("scratch", plan.image_size, 0, plan.epochs + plan.freeze_epochs, plan.seconds)

@@ -30,6 +30,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from visiontune.bundle import BundleMeta, save_bundle
 from visiontune.calibration import calibrate
 from visiontune.config import Monitor, RunConfig, get_monitor
+from visiontune.config import auto_augment as choose_augment
 from visiontune.data.audit import largest_useful_size, suggest_image_size
 from visiontune.data.dataset import LabelledImages, load_data
 from visiontune.errors import ConfigError, Interrupted
@@ -172,13 +173,14 @@ def prepare(
     if "valid" not in data.splits:
         raise ConfigError(f"{data.root}: training scores its models on a validation split; give --valid-pct above 0")
     ratio = imbalance_ratio(list(Counter(s.label for s in data.split("train")).values()))
-    given_size = config.model.image_size
+    given_size, given_augment = config.model.image_size, config.train.augment
     config = resolve(config, data, ratio)
     set_seed(config.train.seed)  # the head's (or a scratch model's) initial weights
     model = create_classifier(config.model.backbone, len(data.classes), **_model_kwargs(config))
     timing = None
     if not resume and accelerator.num_processes == 1:  # measured on this machine: one process decides
-        config, timing, model = _timed_plan(config, data, ratio, model, started, fixed_size=given_size is not None)
+        config, timing, model = _timed_plan(config, data, ratio, model, started, fixed_size=given_size is not None,
+                                            auto_augment=given_augment == "auto")  # fmt: skip
     prepared = Prepared(config, data, run, accelerator, get_monitor(config.train.monitor), ratio, model, resume)
     prepared.timing = timing
     if started is not None:
@@ -189,9 +191,19 @@ def prepare(
 
 
 def _timed_plan(
-    config: RunConfig, data: LabelledImages, ratio: float, model: Any, started: float | None, *, fixed_size: bool
+    config: RunConfig,
+    data: LabelledImages,
+    ratio: float,
+    model: Any,
+    started: float | None,
+    *,
+    fixed_size: bool,
+    auto_augment: bool = False,
 ) -> tuple[RunConfig, Timing, Any]:
-    """The estimate, and under --budget the recipe that fits (its model rebuilt when the size changed)."""
+    """The estimate, and under --budget the recipe that fits (its model rebuilt when the size changed).
+
+    With `augment: auto` the augmentation follows the planned epochs (`config.auto_augment`).
+    """
     native = get_backbone(config.model.backbone).default_size
     began = time.perf_counter() if started is None else started
     ceiling = largest_useful_size(_train_sides(data))
@@ -199,6 +211,9 @@ def _timed_plan(
                                ceiling=ceiling)  # fmt: skip
     if planned.train.method != config.train.method:
         planned = resolve(planned, data, ratio)
+    if auto_augment and planned.train.method == "finetune":
+        epochs = planned.finetune.epochs + planned.finetune.freeze_epochs
+        planned = planned.replace("train", augment=choose_augment("finetune", epochs))
     if planned.model.image_size != config.model.image_size:
         set_seed(planned.train.seed)
         model = create_classifier(planned.model.backbone, len(data.classes), **_model_kwargs(planned))
@@ -213,7 +228,8 @@ def resolve(config: RunConfig, data: LabelledImages, imbalance: float) -> RunCon
       and photos at 224; for frozen features, the backbone's own size (ImageNet features are best at
       the scale they were learnt at: 0.852 test accuracy at 112 px, 0.882 at 224 on the demo);
     - the monitor: accuracy, or balanced accuracy when the largest class is over 1.5x the smallest;
-    - the augmentation: "auto" is none for fine-tuning, `standard` otherwise (TrainConfig);
+    - the augmentation: "auto" is none for fine-tuning up to 8 epochs, flips beyond, `standard`
+      otherwise (`config.auto_augment`);
     - features: the default heads; fine-tuning: a randomly initialised backbone has no BatchNorm
       statistics worth freezing, and the `strong` recipe adds MixUp/CutMix and an EMA unless set.
     """
@@ -225,7 +241,8 @@ def resolve(config: RunConfig, data: LabelledImages, imbalance: float) -> RunCon
     if config.train.monitor == "auto":
         config = config.replace("train", monitor=auto_monitor(imbalance).name)
     if config.train.augment == "auto":
-        config = config.replace("train", augment=config.train.augment_preset)
+        epochs = config.finetune.epochs + config.finetune.freeze_epochs
+        config = config.replace("train", augment=choose_augment(config.train.method, epochs))
     if features:
         if not config.features.heads:
             config = config.replace("features", heads=DEFAULT_HEADS)
