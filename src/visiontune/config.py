@@ -362,8 +362,8 @@ class FinetuneConfig:
     layers, frozen BatchNorm, label smoothing 0.1, flips and zoom) scored 0.6-0.8 points higher in 1.8x the time.
 
     `channels_last` (None: yes) trains in channels-last memory on every device, not only GPUs: on
-    the 2-core CPU an EfficientNet-Lite0 training step ran 1.75x faster at 96 px and 2.5x at 64 px
-    (ResNet-18 1.14x, EfficientNet-B0 1.38x; bench/RESULTS.md).
+    the 2-core CPU an EfficientNet-Lite0 training step ran 1.6x faster at 96 px and 2.3x at 64 px
+    (ResNet-18 1.1x, EfficientNet-B0 1.6x; bench/channels_last.py, RESULTS.md).
     """
 
     epochs: int = 4
