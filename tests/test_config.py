@@ -112,3 +112,8 @@ def test_check_range_refuses_nan_in_a_config_file() -> None:
     with pytest.raises(ConfigError, match="Received: rotation=nan"):
         RunConfig.from_dict({"data": {"source": "x"}, "train": {"rotation": float("nan")}})
     check_range("x", 0.5, 0.0, 1.0)  # an ordinary value still passes
+
+
+def test_channels_last_is_on_and_earlier_configs_null_reads_as_on() -> None:
+    assert FinetuneConfig().channels_last is True and FinetuneConfig(channels_last=False).channels_last is False
+    assert FinetuneConfig(channels_last=None).channels_last is True  # config.yaml of earlier releases: null

@@ -361,7 +361,7 @@ class FinetuneConfig:
     "auto"). The former fastai-style recipe (1 + 6 epochs, a tenth of the rate for the earliest
     layers, frozen BatchNorm, label smoothing 0.1, flips and zoom) scored 0.6-0.8 points higher in 1.8x the time.
 
-    `channels_last` (None: yes) trains in channels-last memory on every device, not only GPUs: on
+    `channels_last` trains in channels-last memory on every device, not only GPUs: on
     the 2-core CPU an EfficientNet-Lite0 training step ran 1.6x faster at 96 px and 2.3x at 64 px
     (ResNet-18 1.1x, EfficientNet-B0 1.6x; bench/channels_last.py, RESULTS.md).
     """
@@ -379,7 +379,7 @@ class FinetuneConfig:
     batch_size: int = 64
     accumulate: int = 1
     clip_grad: float | None = 1.0
-    channels_last: bool | None = None
+    channels_last: bool | None = True  # None (config files of earlier releases) reads as True
     compile: bool = False
     mixup: float = 0.0
     cutmix: float = 0.0
@@ -388,6 +388,8 @@ class FinetuneConfig:
     patience: int | None = None
 
     def __post_init__(self) -> None:
+        if self.channels_last is None:
+            object.__setattr__(self, "channels_last", True)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("balance", self.balance, BALANCE)
         check_choice("bn_stats", self.bn_stats, BN_STATS)

@@ -34,7 +34,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, *, num_c
     logits = logits if logits.dtype == torch.float64 else logits.float()  # evaluation's float64 stays
     preds = logits.argmax(dim=1)
     accuracy = float((preds == targets).double().mean())
-    counts = torch.bincount(targets * num_classes + preds, minlength=num_classes**2).reshape(num_classes, -1).double()
+    counts = confusion_counts(targets, preds, num_classes).double()
     hits, actual, predicted = counts.diagonal(), counts.sum(dim=1), counts.sum(dim=0)
     present = actual > 0  # a class absent from a small valid split is left out of the mean recall
     f1 = 2 * hits / (actual + predicted).clamp_min(1)  # 0 for a class neither present nor predicted
@@ -45,6 +45,11 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, *, num_c
         "error_rate": 1.0 - accuracy,
         "macro_f1": float(f1.mean()),
     }
+
+
+def confusion_counts(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes, num_classes) int64 counts: rows the true class, columns the predicted one."""
+    return torch.bincount(targets * num_classes + preds, minlength=num_classes**2).reshape(num_classes, -1)
 
 
 def imbalance_ratio(counts: list[int] | np.ndarray) -> float:

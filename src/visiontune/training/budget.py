@@ -16,6 +16,7 @@ Every function takes its clock, so tests plan with a fake one.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import logging
 import math
@@ -165,7 +166,7 @@ def measure(
     that advances a fake `clock`). With one size the per-pixel cost is taken as all of it. The
     copy is in the memory layout training uses (`channels_last`: up to 2.5x apart on a CPU).
     """
-    step = step or _step
+    step = step or functools.partial(_step, channels_last=channels_last)
     trial = copy.deepcopy(model).to("cuda" if torch.cuda.is_available() else "cpu")
     if channels_last:
         trial = trial.to(memory_format=torch.channels_last)
@@ -201,10 +202,10 @@ def _line(points: list[tuple[int, float]]) -> tuple[float, float]:
     return max(t0 - slope * p0, 0.0), slope
 
 
-def _step(model: torch.nn.Module, kind: str, size: int, batch: int) -> None:
+def _step(model: torch.nn.Module, kind: str, size: int, batch: int, *, channels_last: bool) -> None:
     device = next(model.parameters()).device
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)  # run's RNG kept
-    if any(p.dim() == 4 and not p.is_contiguous() for p in model.parameters()):  # a channels-last model
+    if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     model.train(kind != "infer")
     if kind == "train":
@@ -251,11 +252,10 @@ class BudgetStop(Callback):
 
     def after_epoch(self, trainer: Any, metrics: dict[str, Any]) -> None:
         epoch_s = float(metrics.get("time_s") or 0.0)
-        planned = self.planned if self.planned is not None else getattr(trainer.schedule, "total", None)
+        planned = self.planned
         if self.stopped or epoch_s <= 0 or planned is None or trainer.epoch >= trainer.phase_end:
             return
-        self.planned = planned
-        current = getattr(trainer.schedule, "total", planned)
+        current = trainer.schedule.total
         step_s = epoch_s / trainer.steps_per_epoch  # validation included, spread over the steps
         more = int((self.deadline - self.clock() - self.reserve_s) / step_s)
         if more <= 0:
@@ -310,7 +310,7 @@ def plan_run(
     limit = min(2 * size, native_size, ceiling or native_size)
     largest = size if fixed_size else max(size, limit)  # a bigger budget may buy pixels, up to where they help
     method = config.train.method
-    layout = method == "features" or ft.channels_last is not False  # features extract channels-last too
+    layout = method == "features" or bool(ft.channels_last)  # features extract channels-last too
     budget = parse_duration(config.train.budget) if config.train.budget is not None else None
     if budget is None or method == "features":  # an estimate of the recipe as it stands: one size, what it runs
         kinds = ("infer",) if method == "features" else ("train", "frozen", "infer")

@@ -29,8 +29,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from visiontune.bundle import BundleMeta, save_bundle
 from visiontune.calibration import calibrate
-from visiontune.config import Monitor, RunConfig, get_monitor
-from visiontune.config import auto_augment as choose_augment
+from visiontune.config import Monitor, RunConfig, auto_augment, get_monitor
 from visiontune.data.audit import largest_useful_size, suggest_image_size
 from visiontune.data.dataset import LabelledImages, load_data
 from visiontune.errors import ConfigError, Interrupted
@@ -180,7 +179,7 @@ def prepare(
     timing = None
     if not resume and accelerator.num_processes == 1:  # measured on this machine: one process decides
         config, timing, model = _timed_plan(config, data, ratio, model, started, fixed_size=given_size is not None,
-                                            auto_augment=given_augment == "auto")  # fmt: skip
+                                            augment_follows_plan=given_augment == "auto")  # fmt: skip
     prepared = Prepared(config, data, run, accelerator, get_monitor(config.train.monitor), ratio, model, resume)
     prepared.timing = timing
     if started is not None:
@@ -198,7 +197,7 @@ def _timed_plan(
     started: float | None,
     *,
     fixed_size: bool,
-    auto_augment: bool = False,
+    augment_follows_plan: bool = False,
 ) -> tuple[RunConfig, Timing, Any]:
     """The estimate, and under --budget the recipe that fits (its model rebuilt when the size changed).
 
@@ -211,9 +210,9 @@ def _timed_plan(
                                ceiling=ceiling)  # fmt: skip
     if planned.train.method != config.train.method:
         planned = resolve(planned, data, ratio)
-    if auto_augment and planned.train.method == "finetune":
+    if augment_follows_plan and planned.train.method == "finetune":
         epochs = planned.finetune.epochs + planned.finetune.freeze_epochs
-        planned = planned.replace("train", augment=choose_augment("finetune", epochs))
+        planned = planned.replace("train", augment=auto_augment("finetune", epochs))
     if planned.model.image_size != config.model.image_size:
         set_seed(planned.train.seed)
         model = create_classifier(planned.model.backbone, len(data.classes), **_model_kwargs(planned))
@@ -242,7 +241,7 @@ def resolve(config: RunConfig, data: LabelledImages, imbalance: float) -> RunCon
         config = config.replace("train", monitor=auto_monitor(imbalance).name)
     if config.train.augment == "auto":
         epochs = config.finetune.epochs + config.finetune.freeze_epochs
-        config = config.replace("train", augment=choose_augment(config.train.method, epochs))
+        config = config.replace("train", augment=auto_augment(config.train.method, epochs))
     if features:
         if not config.features.heads:
             config = config.replace("features", heads=DEFAULT_HEADS)

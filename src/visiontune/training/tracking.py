@@ -24,6 +24,7 @@ from visiontune.config import RunConfig
 from visiontune.data.images import open_image
 from visiontune.errors import MissingPackageError
 from visiontune.evaluation.figures import plot_confusion_matrix, plot_image_grid
+from visiontune.evaluation.metrics import confusion_counts
 from visiontune.training.events import Callback
 from visiontune.training.fitting import Fitted, Prepared
 
@@ -96,12 +97,10 @@ def flat_params(config: RunConfig) -> dict[str, str]:
 
 def draw_figures(p: Prepared, fitted: Fitted, folder: Path) -> dict[str, Path]:
     """The validation confusion matrix and a grid of validation images with their predictions, as PNGs."""
-    from sklearn.metrics import confusion_matrix  # here: only a tracked run pays scikit-learn's import
-
     logits, targets = fitted.logits("valid")
     predicted = logits.argmax(dim=1)
     classes = list(p.data.classes)
-    matrix = confusion_matrix(targets.numpy(), predicted.numpy(), labels=list(range(len(classes))))
+    matrix = confusion_counts(targets, predicted, len(classes)).numpy()
     figures = {name: folder / f"{name}.png" for name in ("confusion_matrix", "valid_predictions")}
     plot_confusion_matrix(matrix, classes, figures["confusion_matrix"])
     samples = p.data.split("valid")[:SAMPLE_IMAGES]

@@ -93,7 +93,7 @@ class Trainer:
         self.accelerator = accelerator or make_accelerator(precision, compile=config.compile)
         self.precision = resolve_precision(precision)
         self.device = self.accelerator.device
-        self.channels_last = config.channels_last is not False  # None (auto): on every device, see FinetuneConfig
+        self.channels_last = bool(config.channels_last)  # on every device, see FinetuneConfig
         self.raw_model = model.to(self.device)
         if self.channels_last:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
