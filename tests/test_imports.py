@@ -9,9 +9,25 @@ import each other directly.
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "visiontune"
+
+
+def graph_in_a_fresh_interpreter(root: Path) -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
+    """`import_graph` run in a child interpreter with no other threads.
+
+    CPython 3.11.7's `ast.parse` shares one recursion counter between threads (gh-106905): with a
+    thread left by an earlier test (Ray's, uvicorn's) parsing at the same moment, it raises
+    "AST constructor recursion depth mismatch" at random.
+    """
+    child = subprocess.run([sys.executable, __file__, str(root)], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    edges, private = json.loads(child.stdout)
+    return {name: set(targets) for name, targets in edges.items()}, [tuple(pair) for pair in private]
 
 
 def module_names(root: Path) -> dict[str, Path]:
@@ -100,20 +116,20 @@ def test_the_checker_finds_a_circle_and_a_private_import(tmp_path: Path) -> None
     (root / "three.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from visiontune.two import g\n"
     )
-    edges, private = import_graph(root)
+    edges, private = graph_in_a_fresh_interpreter(root)
     assert cycles(edges) == [["visiontune.a.one", "visiontune.two"]]
     assert private == [("visiontune.two", "visiontune.a.one._helper")]
     assert edges["visiontune.three"] == set()
 
 
 def test_no_module_imports_another_in_a_circle() -> None:
-    edges, _ = import_graph(PACKAGE)
+    edges, _ = graph_in_a_fresh_interpreter(PACKAGE)
     assert len(edges) > 50  # the whole package was read
     assert cycles(edges) == []
 
 
 def test_no_module_imports_another_modules_private_names() -> None:
-    _, private = import_graph(PACKAGE)
+    _, private = graph_in_a_fresh_interpreter(PACKAGE)
     assert private == []
 
 
@@ -122,3 +138,8 @@ def test_the_public_api_is_importable_from_the_package_top() -> None:
 
     assert {"train", "inspect", "evaluate", "load"} <= set(visiontune.__all__)
     assert all(callable(getattr(visiontune, name)) for name in ("train", "inspect", "evaluate", "load"))
+
+
+if __name__ == "__main__":  # graph_in_a_fresh_interpreter's child
+    found_edges, found_private = import_graph(Path(sys.argv[1]))
+    print(json.dumps([{name: sorted(targets) for name, targets in found_edges.items()}, found_private]))
