@@ -28,6 +28,7 @@ Usage:
     python bench/ood_auroc.py --run runs/demo --data demo
     python bench/ood_auroc.py --run runs/demo --data demo --work /tmp/ood-bench --keep
     python bench/ood_auroc.py --run runs/demo --data demo --refit
+    python bench/ood_auroc.py --run runs/demo --data demo --refit --bank-cap 1000   # a smaller bank
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def copy_run(run: Path, dest: Path) -> Path:
     return dest
 
 
-def calibrate_if_needed(run: Path, data: str, work: Path, *, refit: bool = False) -> str:
+def calibrate_if_needed(run: Path, data: str, work: Path, *, refit: bool = False, bank_cap: int | None = None) -> str:
     """Fit what training now fits at its end (temperature, thresholds, conformal sets, the k-NN detector) on
     the run's own splits, when the bundle predates it: the same functions `finish` calls, on the kept weights."""
     import torch
@@ -139,11 +140,12 @@ def calibrate_if_needed(run: Path, data: str, work: Path, *, refit: bool = False
     from visiontune.calibration import calibrate
     from visiontune.data.loader import ImageItems
     from visiontune.data.transforms import pixel_transform
-    from visiontune.detector import BANK_CAP, fit_knn
+    from visiontune.detector import BANK_CAP, bank_rows, fit_knn
     from visiontune.embedding import default_layout, logits_and_embeddings
     from visiontune.inference import Inference
     from visiontune.runs.folder import RunFolder
 
+    bank_cap = bank_cap or BANK_CAP
     model, meta = load_bundle(run / "model")
     if meta.calibration.conformal is not None and meta.calibration.detector is not None and not refit:
         return f"the bundle's own (fitted at the end of training; {meta.calibration.detector.embedding} embedding)"
@@ -155,9 +157,8 @@ def calibrate_if_needed(run: Path, data: str, work: Path, *, refit: bool = False
     def outputs(split: str, cap: int | None = None) -> tuple[torch.Tensor, list[str]]:
         rows = [(p, label) for p, label in folder.split_files(split, data_root=meta.training.get("data_root"),
                                                               data=Path(data)) if p is not None]  # fmt: skip
-        if cap is not None and len(rows) > cap:
-            keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(42))[:cap]
-            rows = [rows[i] for i in sorted(keep.tolist())]
+        if cap is not None:
+            rows = [rows[i] for i in bank_rows(len(rows), cap=cap, seed=42)]
         dataset = ImageItems([p for p, _ in rows], pixel_transform(model.preprocessing))
         scored = runner.outputs(runner.loader(dataset), forward=forward)
         return scored.outputs, [rows[i][1] for i in scored.indices.tolist()]
@@ -165,7 +166,7 @@ def calibrate_if_needed(run: Path, data: str, work: Path, *, refit: bool = False
     valid, labels = outputs("valid")
     targets = torch.tensor([meta.classes.index(label) for label in labels])
     calibration = calibrate(valid[:, :k], targets)
-    detector = fit_knn(outputs("train", BANK_CAP)[0][:, k:], cap=BANK_CAP, seed=42, embedding=layout)
+    detector = fit_knn(outputs("train", bank_cap)[0][:, k:], cap=bank_cap, seed=42, embedding=layout)
     calibration = calibration.with_detector(detector, valid[:, k:])
     save_bundle(run / "model", model, dataclasses.replace(meta, calibration=calibration))
     return (f"fitted here as training's finish does, on the run's {len(targets)} validation images and "
@@ -183,6 +184,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     parser.add_argument("--refit", action="store_true", help="fit calibration and detector again, as training now does")
+    parser.add_argument(
+        "--bank-cap",
+        type=int,
+        default=None,
+        help="with --refit: at most this many training embeddings in the bank (default: training's)",
+    )
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ood-bench-"))
     try:
@@ -206,7 +213,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     second = write_second_source(work / "ood" / "second", args.second_crops)
     print(f"OOD images: {digits} digits, {photos} photos (the existing folder); {second} faces and sample-photo crops")
     run_copy = copy_run(args.run, work / "run")
-    print(f"calibration: {calibrate_if_needed(run_copy, args.data, work, refit=args.refit)}")
+    print(f"calibration: {calibrate_if_needed(run_copy, args.data, work, refit=args.refit, bank_cap=args.bank_cap)}")
     print(f"command: visiontune evaluate {run_copy} {args.data} --ood {work / 'ood'} --out {work / 'eval'}")
     result = evaluate(run_copy, args.data, EvalConfig(ood=str(work / "ood"), out=str(work / "eval")))
     calibration = Predictor.load(run_copy, device="cpu").calibration  # with the k-NN bank, when it has one

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from visiontune.detector import KNNDetector, conformal_threshold, fit_knn
+from visiontune.detector import KNNDetector, bank_rows, conformal_threshold, fit_knn
 
 
 def _clusters(n: int, seed: int, centre: float = 0.0) -> torch.Tensor:
@@ -46,3 +46,13 @@ def test_wrong_dimension_is_refused() -> None:
 
     with pytest.raises(BundleError, match="32-dimensional"):
         fit_knn(_clusters(100, 0)).scores(torch.randn(3, 8))
+
+
+def test_bank_rows_are_the_rows_fit_knn_keeps() -> None:
+    vectors = torch.randn(50, 8)
+    assert bank_rows(50, cap=60) == list(range(50))  # under the cap: every row
+    rows = bank_rows(50, cap=20, seed=3)
+    assert len(rows) == len(set(rows)) == 20 and rows == sorted(rows)
+    assert rows != bank_rows(50, cap=20, seed=4)
+    drawn = fit_knn(vectors, cap=20, seed=3).bank
+    assert torch.equal(drawn, fit_knn(vectors[rows], cap=20, seed=3).bank)  # a fitter may embed only these rows

@@ -124,11 +124,20 @@ def fit_knn(
     """The detector of (N, D) training embeddings (in layout `embedding`): at most `cap` rows, drawn with `seed`."""
     embeddings = torch.as_tensor(embeddings).float()
     if len(embeddings) > cap:
-        keep = torch.randperm(len(embeddings), generator=torch.Generator().manual_seed(seed))[:cap]
-        embeddings = embeddings[keep.sort().values]
+        embeddings = embeddings[bank_rows(len(embeddings), cap=cap, seed=seed)]
     # stored in float16: round here so the fitted threshold sees the bank a loaded bundle will have
     bank = F.normalize(F.normalize(embeddings, dim=1).half().float(), dim=1)
     return KNNDetector(bank, k=k, embedding=embedding)
+
+
+def bank_rows(count: int, *, cap: int = BANK_CAP, seed: int = 0) -> list[int]:
+    """The training rows a bank keeps: all of them up to `cap`, else a seeded draw of `cap`, in order.
+
+    A fitter that computes embeddings itself embeds only these (the same draw `fit_knn` makes).
+    """
+    if count <= cap:
+        return list(range(count))
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:cap].sort().values.tolist()
 
 
 def conformal_threshold(scores: torch.Tensor, *, alpha: float = DEFAULT_ALPHA) -> float | None:

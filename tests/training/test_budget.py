@@ -60,10 +60,10 @@ def test_measured_costs_recover_the_machine_speed(costs: Costs) -> None:
     for kind, (fixed, per_pixel) in clock.cost.items():
         assert getattr(costs, kind) == pytest.approx((fixed, per_pixel), rel=1e-6)
     # the default demo recipe at 112 px, by hand: decode 4000 x 0.2 ms = 0.8 s; frozen epoch 3200 x 7.27 ms
-    # + validation 800 x 6.02 ms = 28.1 s; 6 x (3200 x 22.07 ms + 4.8 s) = 452.6 s; final scores and the
-    # detector's bank (2 x 800 + 3200) x 6.02 ms = 28.9 s; the bundle 2 s
+    # + validation 800 x 6.02 ms = 28.1 s; 6 x (3200 x 22.07 ms + 4.8 s) = 452.6 s; validation's logits and
+    # embeddings in one pass and the detector's bank, (800 + 3200) x 6.02 ms = 24.1 s; the bundle 2 s
     seconds = estimate(costs, DEMO, method="finetune", size=112, freeze_epochs=1, epochs=6)
-    assert seconds == pytest.approx(0.8 + 28.1 + 452.6 + 28.9 + 2.0, abs=0.2)
+    assert seconds == pytest.approx(0.8 + 28.1 + 452.6 + 24.1 + 2.0, abs=0.2)
 
 
 def test_the_plan_fits_the_budget_and_grows_with_it(costs: Costs) -> None:
@@ -151,10 +151,10 @@ def test_budget_durations_are_checked_at_the_boundary() -> None:
 
 
 def test_a_budgeted_run_records_its_plan(tmp_path: Path, fashion: dict) -> None:
-    data = write_class_folders(tmp_path / "data", fashion, per_class=12)
+    data = write_class_folders(tmp_path / "data", fashion, per_class=6)
     config = RunConfig(
         DataConfig(source=str(data), valid_pct=0.25),
-        ModelConfig(backbone="small_cnn", image_size=28),
+        ModelConfig(backbone="mlp", image_size=28),  # the plan runs 16 epochs and may stretch to 32: the cheapest model
         TrainConfig(method="scratch", num_workers=0, budget="5m"),
         FinetuneConfig(epochs=2, freeze_epochs=0, batch_size=16, lr=3e-3),
         out=str(tmp_path / "run"),
@@ -167,8 +167,9 @@ def test_a_budgeted_run_records_its_plan(tmp_path: Path, fashion: dict) -> None:
     assert plan["budget"] == "5m" and plan["method"] == "scratch" and plan["seconds"] > 0
     assert len(said) == 1 and said[0].startswith("budget 5 min: plan: ")
     assert result.config.finetune.epochs == plan["epochs"]
-    # a budget far above what the data needs stretches the plan at most twice: seconds, not the 5 minutes
-    assert result.elapsed_s < 60
+    # a budget far above what the data needs stretches the plan at most twice: seconds (about 10 on 2 cores,
+    # 40 on a slow, loaded VM), not the 5 minutes
+    assert result.elapsed_s < 150
 
 
 def test_a_large_budget_buys_pixels_only_up_to_the_images_ceiling(tmp_path: Path, fashion: dict) -> None:

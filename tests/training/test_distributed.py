@@ -73,4 +73,6 @@ def test_torchrun_two_processes_fine_tune_and_write_one_valid_bundle(tmp_path: P
         predicted = model(batch).argmax(1).tolist()
     hits = sum(meta.classes[p] == row["label"] for p, row in zip(predicted, valid, strict=True))
     assert hits / len(valid) == pytest.approx(results["metrics"]["valid_accuracy"])
+    # The unknown detector's bank: each rank embedded its share of the 54 training images, all gathered.
+    assert meta.calibration.detector is not None and len(meta.calibration.detector.bank) == 72 - 18
     assert not list(out.rglob("*.tmp*")), "temporary files left behind"

@@ -11,6 +11,7 @@ per-epoch resize, and a quarter of the bytes to move.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,9 +52,12 @@ class DataModule:
     def classes(self) -> list[str]:
         return self.data.classes
 
-    def dataset(self, split: str, *, train: bool | None = None) -> ImageItems:
-        """A split's dataset: augmented float tensors when training augments, uint8 evaluation pixels otherwise."""
+    def dataset(self, split: str, *, train: bool | None = None, subset: Sequence[int] | None = None) -> ImageItems:
+        """A split's dataset (only its samples at `subset`, when given): augmented float tensors when
+        training augments, uint8 evaluation pixels otherwise."""
         samples = self.data.split(split)
+        if subset is not None:
+            samples = [samples[i] for i in subset]
         if not samples:
             raise DatasetError(f"{self.data.root}: no images in the {split} split")
         augmenting = (split == "train" if train is None else train) and self.augment.enabled
@@ -93,9 +97,11 @@ class DataModule:
         sampler = EpochSampler(len(dataset), seed=self.seed, weights=weights, rank=rank, world_size=world_size)
         return self._loader(dataset, sampler, drop_last=True)
 
-    def eval_dataloader(self, split: str, *, rank: int = 0, world_size: int = 1) -> DataLoader:
-        """Unaugmented batches of one split, each sample on exactly one rank."""
-        dataset = self.dataset(split, train=False)
+    def eval_dataloader(
+        self, split: str, *, rank: int = 0, world_size: int = 1, subset: Sequence[int] | None = None
+    ) -> DataLoader:
+        """Unaugmented batches of one split (or of its samples at `subset`), each sample on exactly one rank."""
+        dataset = self.dataset(split, train=False, subset=subset)
         sampler = EpochSampler(len(dataset), seed=self.seed, shuffle=False, rank=rank, world_size=world_size, pad=False)
         return self._loader(dataset, sampler)
 

@@ -102,8 +102,9 @@ def estimate(costs: Costs, workload: Workload, *, method: str, size: int, freeze
 
 
 def finishing(costs: Costs, workload: Workload, size: int) -> float:
-    """Seconds after the last epoch: valid and test scored, the k-NN detector's bank embedded, the bundle."""
-    return (2 * workload.valid + workload.test + min(workload.train, BANK_CAP)) * costs.per_image("infer", size) + 2.0
+    """Seconds after the last epoch: valid (logits and embeddings in one pass) and test scored, the k-NN
+    detector's bank embedded, the bundle."""
+    return (workload.valid + workload.test + min(workload.train, BANK_CAP)) * costs.per_image("infer", size) + 2.0
 
 
 def candidate_sizes(largest: int, *, step: int = 16) -> list[int]:

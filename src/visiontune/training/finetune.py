@@ -17,6 +17,8 @@ import torch
 from visiontune.config import FinetuneConfig, LoaderConfig
 from visiontune.data.datamodule import DataModule
 from visiontune.data.dataset import LabelledImages
+from visiontune.detector import BANK_CAP, bank_rows
+from visiontune.embedding import default_layout, logits_and_embeddings
 from visiontune.training.callbacks import (
     Callback,
     Checkpointer,
@@ -78,13 +80,54 @@ def _best(trainer: Trainer, p: Prepared, *, elapsed_before: float) -> Fitted:
     trainer.raw_model.load_state_dict(ckpt.model)
     if trainer.ema is not None and ckpt.ema:
         trainer.ema.load_state_dict(ckpt.ema)
+    scores = SplitScores(trainer, seed=p.config.train.seed)
     return Fitted(
         trainer.raw_model,
-        trainer.predict,
+        scores.logits,
         best_epoch=ckpt.state.get("epoch"),
         weights=trainer.ema_weights,
         elapsed_before=elapsed_before,
+        embeddings=scores.embeddings,
+        embedding_layout=scores.layout,
     )
+
+
+class SplitScores:
+    """The kept model's logits and embeddings of a split, read through the Trainer's evaluation loaders.
+
+    Validation's logits and its embeddings (the unknown detector's threshold) come from one pass,
+    kept for the second call; the bank's training embeddings are a pass over at most `BANK_CAP`
+    training images (the draw `fit_knn` would make). Both read the decoded-once pixels in the
+    training batch size and shard across ranks: every rank calls, each embeds its share.
+    """
+
+    def __init__(self, trainer: Trainer, *, seed: int) -> None:
+        self.trainer, self.seed = trainer, seed
+        self.layout = default_layout(trainer.raw_model)
+        self.forward = logits_and_embeddings(trainer.raw_model, self.layout)
+        self.kept: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def logits(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split != "valid":  # the only split whose embeddings are read
+            return self.trainer.predict(split)
+        return self._both(split)[:2]
+
+    def embeddings(self, split: str) -> torch.Tensor:
+        if split != "train":
+            return self._both(split)[2]
+        rows = bank_rows(len(self.trainer.datamodule.data.split("train")), cap=BANK_CAP, seed=self.seed)
+        outputs, _ = self.trainer.predict("train", forward=self.forward, subset=rows)
+        return outputs[:, self._classes :]
+
+    @property
+    def _classes(self) -> int:
+        return len(self.trainer.datamodule.classes)
+
+    def _both(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if split not in self.kept:
+            outputs, targets = self.trainer.predict(split, forward=self.forward)
+            self.kept[split] = outputs[:, : self._classes], targets, outputs[:, self._classes :]
+        return self.kept[split]
 
 
 def resolve_balance(cfg: FinetuneConfig, imbalance: float) -> str:

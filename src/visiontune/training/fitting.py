@@ -17,6 +17,7 @@ from accelerate import Accelerator
 
 from visiontune.config import Monitor, RunConfig
 from visiontune.data.dataset import LabelledImages
+from visiontune.detector import POOLED
 from visiontune.models import Classifier
 from visiontune.runs.folder import RunFolder
 from visiontune.training.events import Callback
@@ -59,7 +60,10 @@ class Fitted:
     bundle_training: dict[str, Any] = field(default_factory=dict)  # more bundle.json `training` fields
     weights: Callable[[], Any] = nullcontext
     elapsed_before: float = 0.0  # seconds earlier sessions of a resumed run took (to their last checkpoint)
-    embeddings: Callable[[str], torch.Tensor] | None = None  # (N, D) of a split, when the fitter has them
+    # (N, D) embeddings of a split in `embedding_layout` (training: the rows `detector.bank_rows` keeps);
+    # called on every rank
+    embeddings: Callable[[str], torch.Tensor] | None = None
+    embedding_layout: str = POOLED
 
 
 @dataclass

@@ -326,9 +326,7 @@ def _write_run_files(p: Prepared) -> None:
 def finish(p: Prepared, fitted: Fitted, started: float) -> TrainResult:
     """Score valid (and test) with the kept model, calibrate on valid, write the bundle and results.json."""
     logits, targets = fitted.logits("valid")
-    calibration = calibrate(logits, targets)
-    if p.is_main:
-        calibration = add_detector(p, fitted, calibration)
+    calibration = add_detector(p, fitted, calibrate(logits, targets))
     elapsed = fitted.elapsed_before + time.perf_counter() - started  # every session of a resumed run
     classes = len(p.data.classes)
     metrics = split_metrics("valid", logits, targets, classes, calibration.temperature)

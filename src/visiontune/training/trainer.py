@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,10 +277,20 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- evaluation
     @torch.inference_mode()
-    def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (N, C) fp32, targets (N,)) of a split's images that decoded, gathered from all ranks."""
+    def predict(
+        self,
+        split: str,
+        *,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        subset: Sequence[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, C) fp32, targets (N,)) of a split's images that decoded, gathered from all ranks.
+
+        `forward` replaces the model's own (`embedding.logits_and_embeddings`: (N, C + D) outputs);
+        `subset` reads only the split's samples at those positions. Every rank must call it.
+        """
         loader = self.datamodule.eval_dataloader(
-            split, rank=self.accelerator.process_index, world_size=self.accelerator.num_processes
+            split, rank=self.accelerator.process_index, world_size=self.accelerator.num_processes, subset=subset
         )
         # the unwrapped module: DDP's forward would sync buffers across ranks, and ranks may hold
         # different numbers of evaluation batches
@@ -288,7 +298,7 @@ class Trainer:
                            channels_last=self.channels_last)  # fmt: skip
         with self.ema_weights():
             self.raw_model.eval()
-            parts = [(out, batch.indices) for batch, out in runner.batches(loader) if out is not None]
+            parts = [(out, batch.indices) for batch, out in runner.batches(loader, forward=forward) if out is not None]
         if self.accelerator.num_processes > 1:
             parts = gather_object(parts)
         scored = Scored.gather([p[0] for p in parts], [p[1] for p in parts], [])
