@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 from collections.abc import Iterator
@@ -13,6 +14,40 @@ import pytest
 from PIL import Image
 
 from visiontune.data.demo import FASHION_MNIST_CLASSES, load_subset
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No collector walks while collection imports the libraries (a dozen full ones, ~5 s on 2 cores): see below."""
+    gc.disable()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    freeze_heap()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    gc.enable()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _frozen_heap() -> None:
+    freeze_heap()
+
+
+def freeze_heap() -> None:
+    """Take what is alive (torch, timm, sklearn, session fixtures...) out of the cyclic collector's walks, from now on.
+
+    accelerate's `free_memory()` runs a full `gc.collect()` at every training phase, and `tune` one after every
+    trial: each walked every live object (700,000 once collection has imported the libraries; more once a test
+    has imported onnx's exporter or mlflow), 0.3-0.7 s on 2 cores, hundreds of times a suite. Called once
+    collection is done and as each test module starts: what a module makes is collected as before, and the
+    collect here frees the previous module's fixtures first.
+    """
+    import hypothesis  # noqa: F401  # its plugins (trio's PRNG) register first: frozen referrers are invisible to them
+
+    gc.collect()
+    gc.freeze()
+    gc.enable()
 
 
 @pytest.fixture(autouse=True)
@@ -128,11 +163,15 @@ def features_run(trained_data: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def finetuned_onnx(finetuned_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """`export_model(finetuned_run)` into a temporary model.onnx: the ExportReport (read-only; ~6 s on 2 cores)."""
+    """`export_model(finetuned_run, quantize="int8")` into a temporary folder: model.onnx and model.int8.onnx beside it.
+
+    The ExportReport, read-only. One export serves the float and the int8 tests: the trace is the slow part (~15 s
+    on 2 cores), the int8 twin a few seconds more.
+    """
     from visiontune.export import ExportConfig, export_model
 
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    return export_model(finetuned_run, ExportConfig(out=str(out)))
+    return export_model(finetuned_run, ExportConfig(out=str(out), quantize="int8"))
 
 
 def browser_or_skip() -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -178,46 +179,50 @@ def test_train_small_cnn_end_to_end_with_json_log(tmp_path: Path, fashion: dict)
     assert (tmp_path / "run" / "config.yaml").read_text() == config  # nothing changed
 
 
-FULL_DISK = """
-import errno, os, sys, tempfile
-from safetensors import SafetensorError
-import visiontune.bundle as bundle
-import visiontune.training.checkpoint as checkpoint
+def _full_disk(*args: object, **kwargs: object) -> None:
+    """What safetensors' Rust writer raises on ENOSPC."""
+    from safetensors import SafetensorError
 
-FAIL = os.environ["FAIL"]  # what finds the disk full: a checkpoint after the first, the bundle, or results.json
-real_save_file, real_mkstemp, real_mkdir, saved = checkpoint.save_file, tempfile.mkstemp, os.mkdir, []
-
-def full_disk(*args, **kwargs):  # what safetensors' Rust writer raises on ENOSPC
     raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-def second_checkpoint_fails(tensors, path, metadata=None):
-    saved.append(path)
-    if len(saved) > 2:  # epoch 1 wrote best and last; epoch 2's best finds the disk full
-        full_disk()
-    real_save_file(tensors, path, metadata=metadata)
 
-def results_fail(*args, prefix=None, **kwargs):
-    if prefix == ".results.json.":
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return real_mkstemp(*args, prefix=prefix, **kwargs)
+def inject_fault(monkeypatch: pytest.MonkeyPatch, fail: str, *, read_only: Path | None = None) -> None:
+    """What finds the disk full: a checkpoint after the first, the bundle, or results.json; or a read-only folder."""
+    import tempfile
 
-def read_only(path, *args, **kwargs):  # as a read-only folder answers (root ignores chmod: simulated)
-    if str(path).startswith(os.environ.get("READ_ONLY", "?")):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-    return real_mkdir(path, *args, **kwargs)
+    import visiontune.bundle as bundle
+    import visiontune.training.checkpoint as checkpoint
 
-if FAIL == "checkpoint":
-    checkpoint.save_file = second_checkpoint_fails
-elif FAIL == "read-only":
-    os.mkdir = read_only
-elif FAIL == "bundle":
-    bundle.save_file = full_disk
-else:
-    tempfile.mkstemp = results_fail
-from visiontune.cli.main import run
-sys.argv = ["visiontune", *sys.argv[1:]]
-run()
-"""
+    if fail == "checkpoint":
+        real_save_file, saved = checkpoint.save_file, []
+
+        def second_checkpoint_fails(tensors: object, path: str, metadata: object = None) -> None:
+            saved.append(path)
+            if len(saved) > 2:  # epoch 1 wrote best and last; epoch 2's best finds the disk full
+                _full_disk()
+            real_save_file(tensors, path, metadata=metadata)
+
+        monkeypatch.setattr(checkpoint, "save_file", second_checkpoint_fails)
+    elif fail == "bundle":
+        monkeypatch.setattr(bundle, "save_file", _full_disk)
+    elif fail == "results":
+        real_mkstemp = tempfile.mkstemp
+
+        def results_fail(*args: object, prefix: str | None = None, **kwargs: object) -> object:
+            if prefix == ".results.json.":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_mkstemp(*args, prefix=prefix, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", results_fail)
+    elif fail == "read-only":  # as a read-only folder answers (root ignores chmod: simulated)
+        real_mkdir = os.mkdir
+
+        def refuse_under(path: object, *args: object, **kwargs: object) -> None:
+            if str(path).startswith(str(read_only)):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", refuse_under)
 
 
 @pytest.mark.parametrize(
@@ -228,17 +233,17 @@ run()
         ("results", "results.json: disk full"),
     ],
 )
-def test_full_disk_is_one_line_and_exit_7(tmp_path: Path, fashion: dict, fail: str, fragment: str) -> None:
+def test_full_disk_is_one_line_and_exit_7(
+    tmp_path: Path, fashion: dict, fail: str, fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from visiontune.training.checkpoint import load_checkpoint
 
     data = write_class_folders(tmp_path / "d", fashion, per_class=6)
-    (tmp_path / "full_disk.py").write_text(FULL_DISK)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200", "FAIL": fail}
-    proc = subprocess.run(
-        [sys.executable, str(tmp_path / "full_disk.py"), "train", str(data), "--model", "small_cnn", "--method",
-         "scratch", "--image-size", "28", "--epochs", "2", "--freeze-epochs", "0", "--workers", "0", "--out",
-         str(tmp_path / "run")],
-        capture_output=True, text=True, env=env, timeout=600,
+    epochs = "2" if fail == "checkpoint" else "1"  # the bundle and results.json are written after the last epoch
+    inject_fault(monkeypatch, fail)
+    proc = visiontune(
+        "train", str(data), "--model", "small_cnn", "--method", "scratch", "--image-size", "28", "--epochs", epochs,
+        "--freeze-epochs", "0", "--workers", "0", "--out", str(tmp_path / "run"),
     )  # fmt: skip
     assert_one_line_error(proc, fragment)
     assert proc.returncode == 7
@@ -250,16 +255,11 @@ def test_full_disk_is_one_line_and_exit_7(tmp_path: Path, fashion: dict, fail: s
         assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".model")]  # no staging left
 
 
-def test_out_in_a_read_only_folder_is_one_line(tmp_path: Path, fashion: dict) -> None:
+def test_out_in_a_read_only_folder_is_one_line(tmp_path: Path, fashion: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     data = write_class_folders(tmp_path / "d", fashion, per_class=6)
-    (tmp_path / "faults.py").write_text(FULL_DISK)
     (tmp_path / "ro").mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "FAIL": "read-only", "READ_ONLY": str(tmp_path / "ro")}
-    proc = subprocess.run(
-        [sys.executable, str(tmp_path / "faults.py"), "train", str(data), "--model", "small_cnn", "--out",
-         str(tmp_path / "ro" / "run")],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+    inject_fault(monkeypatch, "read-only", read_only=tmp_path / "ro")
+    proc = visiontune("train", str(data), "--model", "small_cnn", "--out", str(tmp_path / "ro" / "run"))
     assert_one_line_error(proc, "ro/run: can't write here (Permission denied)", "choose another output folder")
     assert proc.returncode == 7
 

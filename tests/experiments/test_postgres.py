@@ -87,8 +87,8 @@ def test_two_workers_share_one_study_without_losing_or_repeating_a_trial(
     from visiontune.experiments.study import storage_url, study_lock_key
 
     data = write_class_folders(tmp_path / "data", fashion, per_class=16)
-    (tmp_path / "space.yaml").write_text(
-        "method: [finetune, features]\nbackbone: [efficientnet_lite0]\nimage_size: [32, 40]\n"
+    (tmp_path / "space.yaml").write_text(  # small_cnn: the promise is the shared study's, not a backbone's
+        "method: [finetune, features]\nbackbone: [small_cnn]\nimage_size: [32, 40]\n"
         "freeze_epochs: [0]\naugment: [none]\nlabel_smoothing: null\nrotation: null\n"
     )
     url = storage_url(postgres_url, tmp_path)

@@ -48,9 +48,10 @@ def base_config(source: Path) -> RunConfig:
     )
 
 
+# small_cnn: these tests are about the search's bookkeeping, not about what a pretrained backbone learns
 SMALL_SPACE = SearchSpace(
     method=("finetune", "features"),
-    backbone=("efficientnet_lite0",),
+    backbone=("small_cnn",),
     image_size=(32, 48),
     lr=Range(1e-3, 1e-2, log=True),
     freeze_epochs=Range(0, 1, step=1),
@@ -127,7 +128,7 @@ class InterruptOnce(Callback):
 def test_an_interrupted_trial_runs_again_with_its_parameters(ten_classes: Path, tmp_path: Path) -> None:
     out = tmp_path / "search"
     space = SearchSpace(
-        method=("finetune",), backbone=("efficientnet_lite0",), image_size=(32,), freeze_epochs=(0,),
+        method=("finetune",), backbone=("small_cnn",), image_size=(32,), freeze_epochs=(0,),
         augment=("none", "light"), rotation=None, label_smoothing=Range(0.0, 0.1, step=0.05),
     )  # fmt: skip
     config = TuneConfig(base_config(ten_classes), trials=1, out=str(out), space=space)
@@ -149,10 +150,10 @@ def test_an_interrupted_trial_runs_again_with_its_parameters(ten_classes: Path, 
 def test_a_killed_workers_trial_is_run_again_by_the_next_worker(ten_classes: Path, tmp_path: Path) -> None:
     out = tmp_path / "search"
     (tmp_path / "space.yaml").write_text(
-        "method: [finetune]\nbackbone: [efficientnet_lite0]\nimage_size: [32]\nfreeze_epochs: [0]\naugment: [none]\n"
+        "method: [finetune]\nbackbone: [small_cnn]\nimage_size: [32]\nfreeze_epochs: [0]\naugment: [none]\n"
     )
     args = ["tune", str(ten_classes), "--out", str(out), "--trials", "1", "--space", str(tmp_path / "space.yaml")]
-    args += ["--epochs", "2", "--batch-size", "32", "--workers", "0", "--quiet"]
+    args += ["--epochs", "1", "--batch-size", "32", "--workers", "0", "--quiet"]  # base_config's recipe
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     worker = subprocess.Popen([sys.executable, "-m", "visiontune", *args], env=env, stderr=subprocess.PIPE, text=True)
     started = out / "trial-0000" / "config.yaml"
@@ -164,8 +165,7 @@ def test_a_killed_workers_trial_is_run_again_by_the_next_worker(ten_classes: Pat
     assert started.is_file() and worker.returncode == -signal.SIGKILL, stderr
 
     space = SearchSpace.from_dict(load_yaml(tmp_path / "space.yaml"))
-    config = base_config(ten_classes).replace("finetune", epochs=2)
-    result = tune(TuneConfig(config, trials=1, out=str(out), space=space))
+    result = tune(TuneConfig(base_config(ten_classes), trials=1, out=str(out), space=space))
     trials = load_study(out).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]  # its worker was gone: failed
     assert trials[1].user_attrs[RETRY_OF] == 0 and trials[1].params == trials[0].params and result.ran == [1]
@@ -176,7 +176,9 @@ def test_a_pruned_trial_stops_training_after_the_epoch_and_leaves_a_readable_run
 ) -> None:
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01))
     trial = study.ask()  # every score is below 1.01: pruned at the first epoch it reports
-    config = dataclasses.replace(base_config(ten_classes), model=ModelConfig(image_size=32), out=str(tmp_path / "run"))
+    config = dataclasses.replace(
+        base_config(ten_classes), model=ModelConfig(backbone="small_cnn", image_size=32), out=str(tmp_path / "run")
+    )
     with pytest.raises(optuna.TrialPruned):
         train(config, callbacks=[OptunaPruning(trial)])  # freeze 1 + 1 epochs asked, 1 run
     assert list(trial.storage.get_trial(trial._trial_id).intermediate_values) == [1]
@@ -187,9 +189,9 @@ def test_a_pruned_trial_stops_training_after_the_epoch_and_leaves_a_readable_run
 
 def test_resuming_with_another_search_is_refused(ten_classes: Path, tmp_path: Path) -> None:
     out = tmp_path / "search"
-    space = SearchSpace(method=("features",), backbone=("efficientnet_lite0",), image_size=(32, 48))
+    space = SearchSpace(method=("features",), backbone=("small_cnn",), image_size=(32, 48))
     tune(TuneConfig(base_config(ten_classes), trials=1, out=str(out), space=space))
-    other = SearchSpace(method=("features",), backbone=("efficientnet_lite0",), image_size=(32, 64))
+    other = SearchSpace(method=("features",), backbone=("small_cnn",), image_size=(32, 64))
     with pytest.raises(StudyError, match="different space"):
         tune(TuneConfig(base_config(ten_classes), trials=2, out=str(out), space=other))
 

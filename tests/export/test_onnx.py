@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import visiontune
+from tests.test_bundle import tiny_bundle
 from visiontune.bundle import BundleMeta, load_bundle, read_meta
 from visiontune.data.transforms import Preprocessing
 from visiontune.errors import ConfigError, ModelError
@@ -43,7 +44,7 @@ def test_finetuned_export_matches_pytorch_on_the_validation_split(exported: Expo
     assert parity.candidate_accuracy == pytest.approx(parity.reference_accuracy)
     recorded = read_meta(finetuned_run).metrics["valid_accuracy"]
     assert parity.reference_accuracy == pytest.approx(recorded, abs=1e-6)
-    assert [p.name for p in exported.path.parent.iterdir()] == ["model.onnx"]  # no temporary left behind
+    assert sorted(p.name for p in exported.path.parent.iterdir()) == ["model.int8.onnx", "model.onnx"]  # no temporary
 
 
 def test_metadata_round_trips_and_the_batch_axis_is_dynamic(exported: ExportReport, finetuned_run: Path) -> None:
@@ -98,17 +99,34 @@ def test_bundle_with_backend_onnx_uses_its_model_onnx_else_exports_once(
     predictor = visiontune.load(bundle, backend="onnx")
     assert isinstance(predictor.model, OnnxModel) and predictor.model.path == bundle / "model.onnx"
     assert calls == []
-    (bundle / "model.onnx").unlink()
-    first = visiontune.load(bundle, backend="onnx")
-    second = visiontune.load(bundle, backend="onnx")
+    # a bundle without model.onnx: a random small_cnn's, whose trace takes a second, not the fine-tuned model's 15
+    bare = tiny_bundle(tmp_path / "bare")
+    first = visiontune.load(bare, backend="onnx")
+    second = visiontune.load(bare, backend="onnx")
     assert len(calls) == 1 and first.model.path == second.model.path == calls[0]  # cached, not exported again
     with pytest.raises(ConfigError, match="onnx backend runs on the CPU"):
         visiontune.load(bundle, backend="onnx", device="cuda")
 
 
-def test_features_logreg_bundle_exports_with_parity(features_run: Path, tmp_path: Path) -> None:
-    report = export_model(features_run, ExportConfig(out=str(tmp_path / "features.onnx")))
-    assert read_meta(features_run).arch["fitted_head"]["kind"] == "linear"
+def test_features_logreg_bundle_exports_with_parity(trained_data: Path, tmp_path: Path) -> None:
+    """A features bundle (frozen backbone + fitted logistic regression) through `export_model`.
+
+    small_cnn stands in for the pretrained backbone: tracing efficientnet_lite0 is checked by the fine-tuned export
+    above, and the features bundle's own part (the fitted head on the backbone's pooled vectors) is the same on both.
+    """
+    from visiontune.config import DataConfig, FeaturesConfig, ModelConfig, RunConfig, TrainConfig
+    from visiontune.training.pipeline import train
+
+    config = RunConfig(
+        DataConfig(source=str(trained_data), valid_pct=0.25),
+        ModelConfig(backbone="small_cnn", image_size=28),
+        TrainConfig(method="features", num_workers=0),
+        features=FeaturesConfig(heads=("logreg",)),
+        out=str(tmp_path / "run"),
+    )
+    run = train(config).run_dir
+    report = export_model(run, ExportConfig(out=str(tmp_path / "features.onnx")))
+    assert read_meta(run).arch["fitted_head"]["kind"] == "linear"
     assert report.parity.max_abs_diff <= TOLERANCE
     assert report.parity.agreement == 1.0
 
@@ -133,26 +151,26 @@ def test_knn_and_forest_heads_export_too(head: str, trained_data: Path, tmp_path
 
 
 def test_int8_twin_is_smaller_agrees_with_float_and_says_so_in_its_metadata(
-    finetuned_run: Path, tmp_path: Path
+    exported: ExportReport, tmp_path: Path
 ) -> None:
-    report = export_model(finetuned_run, ExportConfig(out=str(tmp_path / "m.onnx"), quantize="int8"))
+    report = exported  # the fixture's export asked for the int8 twin: one trace serves both
     quant = report.quantized
-    assert quant is not None and quant.path == tmp_path / "m.int8.onnx" and quant.path.is_file()
+    assert quant is not None and quant.path == report.path.with_name("model.int8.onnx") and quant.path.is_file()
     assert quant.size_bytes * 3 < quant.float_size_bytes  # int8 weights: about a quarter of float32
     assert "train split" in quant.calibration  # calibrated on training images, scored on the valid split
     checked = quant.comparison
     assert checked.images == report.parity.images and checked.agreement >= 0.9
     assert abs(checked.candidate_accuracy - checked.reference_accuracy) <= 0.1
     assert quant.float_speed > 0 and quant.int8_speed > 0
-    _assert_int8_kernels(quant.path, report.path)
+    _assert_int8_kernels(quant.path, report.path, optimised=tmp_path / "optimised.onnx")
     props = {p.key: p.value for p in onnx.load(str(quant.path)).metadata_props}
     assert props["quantization"].startswith("int8 static QDQ") and "classes" in props  # a consumer still has it all
     int8 = visiontune.load(quant.path)
     assert int8.classes == visiontune.load(report.path).classes
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx", "m.onnx"]
+    assert sorted(p.name for p in report.path.parent.iterdir()) == ["model.int8.onnx", "model.onnx"]
 
 
-def _assert_int8_kernels(int8: Path, float32: Path) -> None:
+def _assert_int8_kernels(int8: Path, float32: Path, *, optimised: Path) -> None:
     """What makes the int8 twin faster (timing belongs to bench/): every convolution's and matrix product's weights
     are stored as int8 and quantised/dequantised around it (QDQ), and onnxruntime fuses those into integer kernels
     (QLinearConv, QLinearMatMul, ...) when it loads the graph, so the arithmetic runs in int8."""
@@ -172,10 +190,9 @@ def _assert_int8_kernels(int8: Path, float32: Path) -> None:
         assert source is not None and source.op_type == "DequantizeLinear", node.name  # activations quantised too
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(int8.with_name("optimised.onnx"))
+    options.optimized_model_filepath = str(optimised)  # not beside `int8`: the shared fixture's folder stays as is
     ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
     fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
-    int8.with_name("optimised.onnx").unlink()
     integer = [op for op in fused if op.startswith("QLinear") or op in ("ConvInteger", "MatMulInteger")]
     assert sum(op == "QLinearConv" for op in fused) >= 0.9 * sum(n.op_type == "Conv" for n in heavy), set(fused)
     assert "Conv" not in fused and integer  # no convolution left in float

@@ -20,16 +20,16 @@ from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig
 from visiontune.runs import RunExistsError
 from visiontune.runs.lock import RunLockedError
 from visiontune.training.callbacks import Callback
-from visiontune.training.pipeline import resume_config, train
+from visiontune.training.pipeline import TrainResult, resume_config, train
 
 REPO = Path(__file__).resolve().parents[2]
 SCORES = ("train_loss", "valid_loss", "valid_accuracy", "valid_balanced_accuracy", "lr")
 
 
-@pytest.fixture
-def tiny(tmp_path: Path, fashion: dict) -> Path:
-    """3 classes x 24 real Fashion-MNIST images."""
-    return write_class_folders(tmp_path / "data", fashion, per_class=24)
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, fashion: dict) -> Path:
+    """3 classes x 24 real Fashion-MNIST images (shared, read-only)."""
+    return write_class_folders(tmp_path_factory.mktemp("tiny") / "data", fashion, per_class=24)
 
 
 def _config(data: Path, out: Path, augment: str = "standard", **finetune: object) -> RunConfig:
@@ -48,8 +48,14 @@ def _scores(run_dir: Path) -> list[dict[str, str]]:
         return [{k: row[k] for k in ("epoch", *SCORES)} for row in csv.DictReader(handle)]
 
 
-def test_run_folder_and_bundle(tiny: Path, tmp_path: Path) -> None:
-    result = train(_config(tiny, tmp_path / "run"))
+@pytest.fixture(scope="module")
+def default_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """`_config`'s run, uninterrupted: 1 + 2 epochs in one scratch phase (shared, read-only)."""
+    return train(_config(tiny, tmp_path_factory.mktemp("default") / "run"))
+
+
+def test_run_folder_and_bundle(default_run: TrainResult) -> None:
+    result = default_run
     run = result.run_dir
     for name in (
         "config.yaml",
@@ -93,7 +99,7 @@ KILLER = textwrap.dedent(
             self.batches = 0
         def after_batch(self, trainer, loss, size):
             self.batches += 1
-            if trainer.epoch == 2 and self.batches % 3 == 0:  # inside the third epoch
+            if trainer.epoch == 1 and self.batches % 3 == 0:  # inside the second of three epochs
                 os.kill(os.getpid(), signal.SIGKILL)
 
     train(RunConfig.from_dict(load_yaml(sys.argv[1])), callbacks=[KillMidEpoch()])
@@ -101,19 +107,21 @@ KILLER = textwrap.dedent(
 )
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny: Path, tmp_path: Path) -> None:
-    config = _config(tiny, tmp_path / "killed", epochs=3, freeze_epochs=1, augment="standard")
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(
+    tiny: Path, tmp_path: Path, default_run: TrainResult
+) -> None:
+    config = _config(tiny, tmp_path / "killed")  # default_run's: it is the uninterrupted run
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config.to_dict()))
     (tmp_path / "killer.py").write_text(KILLER)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.run([sys.executable, str(tmp_path / "killer.py"), str(tmp_path / "cfg.yaml")], env=env)
     assert proc.returncode == -9
     killed = tmp_path / "killed"
-    assert [r["epoch"] for r in _scores(killed)] == ["1", "2"]
+    assert [r["epoch"] for r in _scores(killed)] == ["1"]
     assert not (killed / "model").exists()
 
-    resumed = train(resume_config(killed), resume=killed)
-    straight = train(_config(tiny, tmp_path / "straight", epochs=3, freeze_epochs=1, augment="standard"))
+    resumed = train(resume_config(killed), resume=killed)  # epoch 2 again from its start, then epoch 3
+    straight = default_run
     assert _scores(resumed.run_dir) == _scores(straight.run_dir)
     assert resumed.metrics == straight.metrics
 
