@@ -117,7 +117,7 @@ def train(
             features, hooks = _with_timing(prepared, hooks)
             with tracking.started(prepared):
                 hooks = tracking.hooks(hooks)
-                fitted = tracking.remember(fit_features(prepared, hooks) if features else fit_finetune(prepared, hooks))
+                fitted = fit_features(prepared, hooks) if features else fit_finetune(prepared, hooks)
                 result = finish(prepared, fitted, started)
                 tracking.finish(prepared, fitted, result)
             return result

@@ -8,7 +8,6 @@ metrics and figures, or fails them when the run stops.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -52,12 +51,6 @@ class Tracking:
     def hooks(self, hooks: Hooks) -> Hooks:
         """Trackers before the caller's callbacks: an epoch a callback stops at (a pruned trial's) is logged."""
         return dataclasses.replace(hooks, callbacks=[*self.trackers, *hooks.callbacks])
-
-    def remember(self, fitted: Fitted) -> Fitted:
-        """`fitted` with its logits kept: `finish` computes valid's, the figures read them again."""
-        if not self.trackers:
-            return fitted
-        return dataclasses.replace(fitted, logits=functools.cache(fitted.logits))
 
     @contextmanager
     def started(self, p: Prepared) -> Iterator[None]:
