@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({available_cpus()} cores)"
-    batch = args.batch_size or inference_batch_size("cuda" if gpu else "cpu")
+    batch = args.batch_size or inference_batch_size("cuda" if gpu else "cpu", (args.image_size, args.image_size))
     model = create_classifier("efficientnet_lite0", 10, image_size=args.image_size)
     state = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     with tempfile.TemporaryDirectory() as tmp:

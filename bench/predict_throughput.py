@@ -113,7 +113,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = create_classifier("efficientnet_lite0", 10, image_size=224, resize_mode="squish")
     assert model.preprocessing.interpolation == "bicubic" and model.preprocessing.mean == (0.5,) * 3  # as the reference
-    batch = inference_batch_size("cpu")
+    batch = inference_batch_size("cpu", model.preprocessing.image_size)
     with tempfile.TemporaryDirectory() as tmp:
         if args.data == "photos":
             paths = write_photos(Path(tmp) / "photos", args.images)

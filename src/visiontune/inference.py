@@ -105,8 +105,9 @@ class Inference:
     def loader(
         self, dataset: ImageItems, *, batch_size: int | None = None, num_workers: int | None = None
     ) -> torch.utils.data.DataLoader:
-        """Batches of `dataset` sized for this device (small on a CPU: they stay in cache)."""
-        size = batch_size or inference_batch_size(self.device.type)
+        """Batches of `dataset` sized for this device and image size (small on a CPU: they stay in cache)."""
+        threads = torch.get_num_threads() if self.device.type == "cpu" else None
+        size = batch_size or inference_batch_size(self.device.type, self.preprocessing.image_size, threads)
         return image_loader(dataset, batch_size=size, device=self.device, num_workers=num_workers)
 
     def batches(

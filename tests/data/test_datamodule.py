@@ -14,6 +14,7 @@ from visiontune.data.dataset import load_data
 from visiontune.data.loader import default_num_workers
 from visiontune.data.samplers import EpochSampler, balanced_weights
 from visiontune.data.transforms import Preprocessing
+from visiontune.system import inference_batch_size
 
 PRE = Preprocessing(image_size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -33,6 +34,16 @@ def test_eval_batches_are_rgb_pixels_and_train_batches_normalised(class_folder: 
     train = next(iter(dm.train_dataloader()))
     assert train.pixels.shape == (8, 3, 32, 32) and train.pixels.dtype == torch.float32
     assert train.pixels.min() >= -1.0 and train.pixels.max() <= 1.0
+
+
+def test_evaluation_batches_take_the_inference_size_training_keeps_its_own(class_folder: Path) -> None:
+    dm = _module(class_folder, batch_size=2)
+    assert dm.train_dataloader().batch_size == 2  # the optimisation's batch is the user's
+    expected = inference_batch_size("cpu", PRE.image_size, torch.get_num_threads())  # 256 at 32 px on 2 threads
+    assert dm.eval_dataloader("valid").batch_size == dm.eval_batch_size() == expected > 2
+    large = DataModule(dm.data, Preprocessing(image_size=(320, 320), mean=PRE.mean, std=PRE.std),
+                       AugmentConfig.preset("none"), dm.loader)  # fmt: skip
+    assert large.eval_batch_size() < expected
 
 
 def test_every_special_file_loads_as_rgb(class_folder: Path) -> None:

@@ -15,6 +15,7 @@ from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig
 from visiontune.data.dataset import load_data
 from visiontune.errors import ConfigError
 from visiontune.models import create_classifier
+from visiontune.system import inference_batch_size
 from visiontune.training.budget import (
     SAFETY,
     BudgetStop,
@@ -64,6 +65,41 @@ def test_measured_costs_recover_the_machine_speed(costs: Costs) -> None:
     # embeddings in one pass and the detector's bank, (800 + 3200) x 6.02 ms = 24.1 s; the bundle 2 s
     seconds = estimate(costs, DEMO, method="finetune", size=112, freeze_epochs=1, epochs=6)
     assert seconds == pytest.approx(0.8 + 28.1 + 452.6 + 24.1 + 2.0, abs=0.2)
+
+
+def test_steps_are_timed_in_the_batches_the_run_uses() -> None:
+    clock, seen = FakeClock(), []
+
+    def step(model: torch.nn.Module, kind: str, size: int, batch: int) -> None:
+        seen.append((kind, size, batch))
+        clock.step(model, kind, size, batch)
+
+    measure(torch.nn.Linear(2, 2), [64, 160], batch=48, clock=clock, step=step)
+    threads = torch.get_num_threads()
+    for kind, size, batch in seen:  # training's own batch; evaluation's, which shrinks as images grow on a CPU
+        expected = inference_batch_size("cpu", (size, size), threads) if kind == "infer" else 48
+        assert batch == expected, (kind, size)
+    assert {kind for kind, _, _ in seen} == {"train", "frozen", "infer"} and len(seen) == 3 * 2 * 3
+
+
+def test_the_plan_times_training_at_the_configured_batch(tmp_path: Path, fashion: dict, monkeypatch) -> None:
+    data = load_data(write_class_folders(tmp_path / "data", fashion, per_class=12), DataConfig(valid_pct=0.25))
+    config = RunConfig(
+        DataConfig(source=str(data.root), valid_pct=0.25),
+        ModelConfig(backbone="small_cnn", image_size=32),
+        TrainConfig(),
+        FinetuneConfig(epochs=2, freeze_epochs=0, batch_size=8),
+    )
+    model = create_classifier("small_cnn", len(data.classes), pretrained=False, image_size=32)
+    clock, seen = FakeClock(), []
+
+    def spy(*args, **kwargs):  # the real measure, on the fake clock, recording what plan_run asks for
+        seen.append(kwargs)
+        return measure(*args, **{**kwargs, "step": clock.step})
+
+    monkeypatch.setattr("visiontune.training.budget.measure", spy)
+    plan_run(config, data, model, started=clock(), native_size=224, clock=clock)
+    assert seen[0]["batch"] == 8 and set(seen[0]["kinds"]) == {"train", "infer"}  # no frozen epoch: not timed
 
 
 def test_the_plan_fits_the_budget_and_grows_with_it(costs: Costs) -> None:

@@ -25,6 +25,7 @@ from visiontune.data.loader import ImageItems, default_num_workers, image_loader
 from visiontune.data.samplers import EpochSampler, balanced_weights
 from visiontune.data.transforms import Preprocessing, build_transform, pixel_transform
 from visiontune.errors import DatasetError
+from visiontune.system import inference_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +101,36 @@ class DataModule:
     def eval_dataloader(
         self, split: str, *, rank: int = 0, world_size: int = 1, subset: Sequence[int] | None = None
     ) -> DataLoader:
-        """Unaugmented batches of one split (or of its samples at `subset`), each sample on exactly one rank."""
+        """Unaugmented batches of one split (or of its samples at `subset`), each sample on exactly one rank.
+
+        Their size is the inference one, not training's: with no gradients a CPU runs fastest on
+        batches that stay in cache (`system.inference_batch_size`: 16 at 96 px on two threads ran
+        1.4x the images/s of training's 64), and a GPU on at least 128.
+        """
         dataset = self.dataset(split, train=False, subset=subset)
         sampler = EpochSampler(len(dataset), seed=self.seed, shuffle=False, rank=rank, world_size=world_size, pad=False)
-        return self._loader(dataset, sampler)
+        return self._loader(dataset, sampler, batch_size=self.eval_batch_size())
 
-    def _loader(self, dataset: ImageItems, sampler: EpochSampler, *, drop_last: bool = False) -> DataLoader:
+    def eval_batch_size(self) -> int:
+        """Images per evaluation batch on this machine at this image size."""
+        if torch.cuda.is_available():
+            return max(self.loader.batch_size, inference_batch_size("cuda"))
+        return inference_batch_size("cpu", self.preprocessing.image_size, torch.get_num_threads())
+
+    def _loader(
+        self, dataset: ImageItems, sampler: EpochSampler, *, drop_last: bool = False, batch_size: int | None = None
+    ) -> DataLoader:
         cfg = self.loader
+        batch_size = batch_size or cfg.batch_size
         workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return image_loader(
             dataset,
-            batch_size=cfg.batch_size,
+            batch_size=batch_size,
             device=device,
             num_workers=workers,
             sampler=sampler,
-            drop_last=drop_last and cfg.drop_last_train and len(sampler) > cfg.batch_size,  # never the only batch
+            drop_last=drop_last and cfg.drop_last_train and len(sampler) > batch_size,  # never the only batch
             persistent_workers=cfg.persistent_workers,
             prefetch_factor=cfg.prefetch_factor,
         )

@@ -139,7 +139,7 @@ def _quantize(
         quantize_int8(out, tmp, meta, train, images=config.calibration_images)
         quantized = _predictor(OnnxModel(tmp), meta)
         comparison = compare(exported, quantized, images)
-    batch_size = inference_batch_size("cpu")
+    batch_size = inference_batch_size("cpu", meta.preprocessing.image_size)
     batch = sample_batch(images, meta, batch_size)
     float_speed, int8_speed = throughputs([exported.model, quantized.model], batch)
     return QuantReport(

@@ -37,6 +37,7 @@ from visiontune.data.transforms import Preprocessing
 from visiontune.errors import ConfigError, MissingPackageError
 from visiontune.predict.locations import UrlItems
 from visiontune.predict.shards import EMBEDDING_SCHEMA, Shards, prediction_table
+from visiontune.system import inference_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ class RayOptions:
     one; otherwise a head node's `host:port` (or `ray://host:10001`). `concurrency`: model workers
     (default: every GPU's share, or every CPU's). `batch_size`: images per Ray batch and per
     Parquet shard (default 128 on GPU workers, 64 on CPU ones); a CPU worker runs each batch
-    through the model in passes of 4 images per thread, the size that runs fastest on CPUs (see
-    `system.inference_batch_size`), so shards and Ray's per-batch costs stay few.
+    through the model in smaller passes, the size that runs fastest on its threads at the model's
+    image size (`system.inference_batch_size`), so shards and Ray's per-batch costs stay few.
     """
 
     address: str = "auto"
@@ -78,9 +79,11 @@ class RayOptions:
     def batch(self) -> int:
         return self.batch_size or (128 if self.num_gpus_per_worker > 0 else 64)
 
-    def forward_batch(self, threads: int) -> int:
-        """Images per forward pass in a worker: the whole batch on a GPU, 4 per thread on a CPU."""
-        return self.batch() if self.num_gpus_per_worker > 0 else min(self.batch(), 4 * threads)
+    def forward_batch(self, threads: int, image_size: tuple[int, int]) -> int:
+        """Images per forward pass in a worker: the whole batch on a GPU, what fits a CPU's cache on a CPU."""
+        if self.num_gpus_per_worker > 0:
+            return self.batch()
+        return min(self.batch(), inference_batch_size("cpu", image_size, threads))
 
 
 @dataclass
@@ -400,7 +403,8 @@ def _run(
     dataset = _paths_dataset(ray, todo, batch * BLOCK_BATCHES)
     gpus = options.num_gpus_per_worker > 0
     threads = max(1, int(options.num_cpus_per_worker))
-    decoding = Decoding(options.forward_batch(threads), preprocessing, max_pixels, digest=job["task"] == "embed")
+    step = options.forward_batch(threads, preprocessing.image_size)
+    decoding = Decoding(step, preprocessing, max_pixels, digest=job["task"] == "embed")
     if gpus:  # CPU tasks decode beside the GPU workers; CPU workers decode their own (see Decoding)
         dataset = dataset.map_batches(
             decode_batch, batch_size=batch, num_cpus=DECODE_CPUS, batch_format="numpy",
