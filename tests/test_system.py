@@ -8,7 +8,7 @@ import torch
 from visiontune.data.loader import ImageItems
 from visiontune.data.transforms import Preprocessing
 from visiontune.inference import Inference
-from visiontune.system import inference_batch_size
+from visiontune.system import evaluation_batch_size, inference_batch_size
 
 
 @pytest.mark.parametrize(("side", "best"), [(64, 64), (96, 16), (160, 8), (224, 4)])
@@ -45,3 +45,10 @@ def test_inference_loader_sizes_batches_for_its_image_size() -> None:
     assert large.loader(dataset).batch_size == inference_batch_size("cpu", (224, 224), threads)
     assert small.loader(dataset).batch_size > large.loader(dataset).batch_size
     assert large.loader(dataset, batch_size=3).batch_size == 3
+
+
+def test_evaluation_batch_is_inference_sized_on_a_cpu_and_never_below_training_on_a_gpu() -> None:
+    assert evaluation_batch_size("cpu", (96, 96), 64, 2) == inference_batch_size("cpu", (96, 96), 2) == 16
+    assert evaluation_batch_size("cpu", (32, 32), 8, 2) == 256  # not tied to training's batch either way
+    assert evaluation_batch_size("cuda", (96, 96), 64, 2) == 128
+    assert evaluation_batch_size("cuda", (96, 96), 512, 2) == 512

@@ -50,6 +50,15 @@ def inference_batch_size(device_type: str, image_size: tuple[int, int] = (224, 2
     return int(min(256, max(1, 2 ** round(math.log2(max(images, 1.0))))))
 
 
+def evaluation_batch_size(device_type: str, image_size: tuple[int, int], training_batch: int, threads: int) -> int:
+    """Images per evaluation batch inside a training run: the inference batch on a CPU (no gradients,
+    so cache-sized batches win: 16 at 96 px on two threads ran 1.4x the images/s of training's 64);
+    on a GPU at least the training batch, which fits since evaluation keeps no activations."""
+    if device_type == "cuda":
+        return max(training_batch, inference_batch_size("cuda"))
+    return inference_batch_size("cpu", image_size, threads)
+
+
 def hardware() -> dict[str, object]:
     """The machine a run ran on, for run.json: processor, usable cores and GPUs."""
     import torch

@@ -25,7 +25,7 @@ from visiontune.data.loader import ImageItems, default_num_workers, image_loader
 from visiontune.data.samplers import EpochSampler, balanced_weights
 from visiontune.data.transforms import Preprocessing, build_transform, pixel_transform
 from visiontune.errors import DatasetError
-from visiontune.system import inference_batch_size
+from visiontune.system import evaluation_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,7 @@ class DataModule:
     ) -> DataLoader:
         """Unaugmented batches of one split (or of its samples at `subset`), each sample on exactly one rank.
 
-        Their size is the inference one, not training's: with no gradients a CPU runs fastest on
-        batches that stay in cache (`system.inference_batch_size`: 16 at 96 px on two threads ran
-        1.4x the images/s of training's 64), and a GPU on at least 128.
+        Their size is evaluation's, not training's (`system.evaluation_batch_size`).
         """
         dataset = self.dataset(split, train=False, subset=subset)
         sampler = EpochSampler(len(dataset), seed=self.seed, shuffle=False, rank=rank, world_size=world_size, pad=False)
@@ -113,9 +111,9 @@ class DataModule:
 
     def eval_batch_size(self) -> int:
         """Images per evaluation batch on this machine at this image size."""
-        if torch.cuda.is_available():
-            return max(self.loader.batch_size, inference_batch_size("cuda"))
-        return inference_batch_size("cpu", self.preprocessing.image_size, torch.get_num_threads())
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return evaluation_batch_size(device, self.preprocessing.image_size, self.loader.batch_size,
+                                     torch.get_num_threads())  # fmt: skip
 
     def _loader(
         self, dataset: ImageItems, sampler: EpochSampler, *, drop_last: bool = False, batch_size: int | None = None

@@ -33,7 +33,7 @@ from visiontune.config import parse_duration
 from visiontune.data.images import open_image
 from visiontune.detector import BANK_CAP
 from visiontune.errors import ImageError
-from visiontune.system import inference_batch_size
+from visiontune.system import evaluation_batch_size
 from visiontune.training.events import Callback
 
 log = logging.getLogger(__name__)
@@ -196,10 +196,8 @@ def measure(
 
 
 def _eval_batch(device: str, train_batch: int, size: int) -> int:
-    """The evaluation loaders' batch at `size` (`LabelledDataModule.eval_batch_size`)."""
-    if device == "cuda":
-        return max(train_batch, inference_batch_size("cuda"))
-    return inference_batch_size("cpu", (size, size), torch.get_num_threads())
+    """The evaluation loaders' batch at `size` (`DataModule.eval_batch_size`)."""
+    return evaluation_batch_size(device, (size, size), train_batch, torch.get_num_threads())
 
 
 def _timed(step: Callable[..., None], model: torch.nn.Module, kind: str, size: int, batch: int, clock: Clock) -> float:
