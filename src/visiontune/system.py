@@ -47,7 +47,7 @@ def inference_batch_size(device_type: str, image_size: tuple[int, int] = (224, 2
         return 128
     pixels = max(1, image_size[0] * image_size[1])
     images = (threads or available_cpus()) * CPU_PIXELS_PER_THREAD / pixels
-    return int(min(256, max(1, 2 ** round(math.log2(max(images, 1.0))))))
+    return min(256, 2 ** round(math.log2(max(images, 1.0))))
 
 
 def evaluation_batch_size(device_type: str, image_size: tuple[int, int], training_batch: int, threads: int) -> int:

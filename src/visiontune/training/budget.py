@@ -156,7 +156,6 @@ def measure(
     sizes: Sequence[int],
     *,
     batch: int = 16,
-    infer_batch: Callable[[int], int] | None = None,
     files: Sequence[Path] = (),
     clock: Clock = time.perf_counter,
     step: Callable[[torch.nn.Module, str, int, int], None] | None = None,
@@ -165,16 +164,15 @@ def measure(
 ) -> Costs:
     """Time one warm-up and the better of two steps of each kind at each of `sizes` on a copy of `model`.
 
-    Training steps run in the run's own `batch`, inference steps in `infer_batch(size)` (the
-    evaluation loaders' size by default): on a CPU the seconds per image at batch 16 and 64 differ
+    Training steps run in the run's own `batch`, inference steps in the evaluation loaders' batch
+    at each size (`system.evaluation_batch_size`): on a CPU the seconds per image at batch 16 and 64 differ
     by up to 1.4x, and timing another batch than the run's left the estimate 20% short.
     `step(model, kind, size, batch)` runs one step (the real one by default; tests pass a fake
     that advances a fake `clock`). With one size the per-pixel cost is taken as all of it. The
     copy is in the memory layout training uses (`channels_last`: up to 2.5x apart on a CPU).
     """
     step = step or functools.partial(_step, channels_last=channels_last)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    infer_batch = infer_batch or functools.partial(_eval_batch, device, batch)
+    device, threads = ("cuda" if torch.cuda.is_available() else "cpu"), torch.get_num_threads()
     trial = copy.deepcopy(model).to(device)
     if channels_last:
         trial = trial.to(memory_format=torch.channels_last)
@@ -182,7 +180,7 @@ def measure(
     for size in sorted(sizes, reverse=True):  # the run's own size first: it must work
         try:
             for kind, points in per_kind.items():
-                n = infer_batch(size) if kind == "infer" else batch
+                n = evaluation_batch_size(device, (size, size), batch, threads) if kind == "infer" else batch
                 step(trial, kind, size, n)  # warm-up: allocations, kernel choices
                 points.append((size * size, min(_timed(step, trial, kind, size, n, clock) for _ in range(2))))
         except (RuntimeError, ValueError, AssertionError) as exc:  # a backbone fixed to its own input size
@@ -193,11 +191,6 @@ def measure(
     lines = {kind: _line(sorted(points)) for kind, points in per_kind.items()}
     lines = {"train": lines["infer"], "frozen": lines["infer"], **lines}  # kinds not asked for: not run
     return Costs(**lines, decode=_decode_time(files, clock))
-
-
-def _eval_batch(device: str, train_batch: int, size: int) -> int:
-    """The evaluation loaders' batch at `size` (`DataModule.eval_batch_size`)."""
-    return evaluation_batch_size(device, (size, size), train_batch, torch.get_num_threads())
 
 
 def _timed(step: Callable[..., None], model: torch.nn.Module, kind: str, size: int, batch: int, clock: Clock) -> float:

@@ -49,8 +49,8 @@ class Fitted:
 
     `logits(split)` gives (logits (N, K) float32, class indices (N,)) of the kept model on a split,
     gathered from every process; valid's is read twice (`finish`, the trackers' figures), so both
-    fitters keep it rather than score validation again. `weights()` is the context in which `model` holds the weights to
-    bundle (an EMA of them, for instance).
+    fitters keep it rather than score validation again. `weights()` is the context in which
+    `model` holds the weights to bundle (an EMA of them, for instance).
     """
 
     model: Classifier  # what the bundle holds (a FeatureClassifier for the features method)
