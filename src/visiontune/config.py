@@ -241,15 +241,20 @@ def get_monitor(name: str) -> Monitor:
     return Monitor(name, MONITORS[name])
 
 
+DEFAULT_BACKBONE = "efficientnet_lite0"  # small, fast on a CPU, offline ImageNet weights
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which backbone, with which weights, at which input size.
 
-    `image_size=None` lets training choose (see `training.pipeline`); `weights` is a local
-    .safetensors/.pth file; `pretrained=False` means random initialisation.
+    `backbone=None` lets training choose: DEFAULT_BACKBONE, or under a time budget long enough
+    a larger EfficientNet-Lite (`training.budget`); `image_size=None` likewise (see
+    `training.pipeline`); `weights` is a local .safetensors/.pth file; `pretrained=False` means
+    random initialisation.
     """
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str | None = None
     pretrained: bool = True
     weights: str | None = None
     image_size: int | None = None
@@ -263,6 +268,11 @@ class ModelConfig:
         check_range("drop_rate", self.drop_rate, 0.0, 0.95)
         if self.image_size is not None:
             check_range("image_size", self.image_size, *IMAGE_SIZES)
+
+    @property
+    def chosen_backbone(self) -> str:
+        """The backbone given, else the default (what runs when no budget picks another)."""
+        return self.backbone or DEFAULT_BACKBONE
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ from visiontune.models import create_classifier
 from visiontune.system import inference_batch_size
 from visiontune.training.budget import (
     SAFETY,
+    SATURATED,
     BudgetStop,
     Costs,
+    Larger,
     Workload,
     candidate_sizes,
     estimate,
@@ -46,7 +48,7 @@ class FakeClock:
 
     def step(self, model: torch.nn.Module, kind: str, size: int, batch: int) -> None:
         fixed, per_pixel = self.cost[kind]
-        self.now += batch * (fixed + per_pixel * size * size)
+        self.now += batch * (fixed + per_pixel * size * size) * getattr(model, "slowness", 1.0)
 
 
 @pytest.fixture
@@ -225,3 +227,123 @@ def test_a_large_budget_buys_pixels_only_up_to_the_images_ceiling(tmp_path: Path
         sizes[ceiling] = planned.model.image_size
         assert timing.plan.epochs == 16 and planned.finetune.epochs == 16  # the rest of the budget buys epochs
     assert sizes == {None: 64, 48: 48}  # twice the default without a ceiling; the ceiling when it is lower
+
+
+# ------------------------------------------------------------------- a larger backbone for a long budget
+def _slow(model: torch.nn.Module, slowness: float) -> torch.nn.Module:
+    model.slowness = slowness  # FakeClock.step charges this multiple of the base costs (copied with the model)
+    return model
+
+
+@pytest.fixture
+def long_run(tmp_path: Path, fashion: dict, monkeypatch):
+    """plan_run on 36 images with a fake machine: the run's model 10x the base costs; `larger` ones more."""
+    data = load_data(write_class_folders(tmp_path / "data", fashion, per_class=12), DataConfig(valid_pct=0.25))
+    clock, timed = FakeClock(), []
+
+    def spy(model, sizes, **kwargs):  # the real measure, on the fake clock
+        timed.append((getattr(model, "slowness", None), list(sizes)))
+        return measure(model, sizes, **{**kwargs, "clock": clock, "step": clock.step})
+
+    monkeypatch.setattr("visiontune.training.budget.measure", spy)
+    model = _slow(create_classifier("small_cnn", len(data.classes), pretrained=False, image_size=64), 10.0)
+
+    def run(budget: str, larger: list[Larger]):
+        config = RunConfig(
+            DataConfig(source=str(data.root), valid_pct=0.25),
+            ModelConfig(backbone="small_cnn", image_size=64),
+            TrainConfig(budget=budget),
+            FinetuneConfig(epochs=4, freeze_epochs=0, batch_size=8),
+        )
+        timed.clear()
+        return plan_run(config, data, model, started=clock(), native_size=224, larger=larger, clock=clock)
+
+    return run, timed
+
+
+def _candidate(name: str, slowness: float, built: list[str]) -> Larger:
+    def build() -> torch.nn.Module:
+        built.append(name)
+        return _slow(torch.nn.Linear(2, 2), slowness)
+
+    return Larger(name, 224, build)
+
+
+def test_a_budget_past_saturation_buys_the_largest_backbone_that_still_gets_enough_epochs(long_run) -> None:
+    run, timed = long_run
+    built: list[str] = []
+    larger = [_candidate("huge", 300.0, built), _candidate("big", 13.0, built)]  # 30x and 1.3x the run's model
+    planned, timing = run("10m", larger)
+    plan = timing.plan
+    assert built == ["huge", "big"]  # largest first; "huge" would get too few epochs at any size
+    assert [sizes for _, sizes in timed[1:]] == [[timed[1][1][0]]] * 2  # each timed once, at the planned size
+    assert plan.backbone == "big" and plan.epochs >= SATURATED
+    assert planned.model.backbone == "big" and planned.finetune.epochs == plan.epochs
+    assert plan.seconds <= SAFETY * 600  # it still fits the budget, at its own costs
+    assert plan.describe().startswith("big, ") and "a larger backbone" in timing.message
+
+
+def test_a_short_budget_times_no_larger_backbone(long_run) -> None:
+    run, timed = long_run
+    built: list[str] = []
+    planned, timing = run("45s", [_candidate("big", 13.0, built)])
+    assert timing.plan.epochs + timing.plan.freeze_epochs < SATURATED  # the run's own model is still gaining
+    assert built == [] and len(timed) == 1 and timing.plan.backbone is None
+    assert planned.model.backbone == "small_cnn"
+
+
+def test_when_no_larger_backbone_gets_enough_epochs_the_run_keeps_its_own(long_run) -> None:
+    run, _ = long_run
+    built: list[str] = []
+    planned, timing = run("10m", [_candidate("huge", 300.0, built)])
+    assert built == ["huge"] and timing.plan.backbone is None and planned.model.backbone == "small_cnn"
+    assert timing.plan.epochs >= SATURATED and timing.plan.seconds <= SAFETY * 600
+
+
+class _Planned(Exception):
+    """Raised by a spy in place of planning: what the pipeline offered is all the test needs."""
+
+
+def test_only_a_backbone_left_to_visiontune_may_be_swapped(tmp_path: Path, fashion: dict, monkeypatch) -> None:
+    data = write_class_folders(tmp_path / "data", fashion, per_class=6)
+    offered: list[list[str]] = []
+
+    def spy(*args, **kwargs):
+        offered.append([c.name for c in kwargs["larger"]])
+        raise _Planned
+
+    monkeypatch.setattr("visiontune.training.pipeline.plan_run", spy)
+    for name, backbone, method in [("free", None, "finetune"), ("given", "efficientnet_lite0", "finetune"),
+                                   ("scratch", None, "scratch")]:  # fmt: skip
+        config = RunConfig(
+            DataConfig(source=str(data), valid_pct=0.25),
+            ModelConfig(backbone=backbone, image_size=32),
+            TrainConfig(method=method, num_workers=0, budget="10m"),
+            out=str(tmp_path / name),
+        )
+        with pytest.raises(_Planned):
+            train(config)
+    # the user's --model, even the default spelled out, is kept; a network trained from scratch has no larger
+    # pretrained sibling
+    assert offered == [["efficientnet_lite2", "efficientnet_lite1"], [], []]
+
+
+def test_a_planned_backbone_is_the_model_that_trains(tmp_path: Path, fashion: dict, monkeypatch) -> None:
+    from visiontune.training import pipeline
+
+    data = load_data(write_class_folders(tmp_path / "data", fashion, per_class=6), DataConfig(valid_pct=0.25))
+    config = RunConfig(DataConfig(source=str(data.root), valid_pct=0.25), ModelConfig(image_size=32),
+                       TrainConfig(budget="10m"))  # fmt: skip
+    config = pipeline.resolve(config, data, 1.0)
+    assert config.model.backbone == "efficientnet_lite0"  # resolve fills in the default
+
+    def plans_lite1(config, data, model, **kwargs):
+        timing = SimpleNamespace(plan=SimpleNamespace(backbone="efficientnet_lite1"))
+        return config.replace("model", backbone="efficientnet_lite1", image_size=48), timing
+
+    monkeypatch.setattr(pipeline, "plan_run", plans_lite1)
+    model = create_classifier("efficientnet_lite0", len(data.classes), image_size=32)
+    planned, _, built = pipeline._timed_plan(config, data, 1.0, model, None, fixed_size=False, backbone_free=True)
+    lite1 = create_classifier("efficientnet_lite1", len(data.classes), image_size=48)
+    assert planned.model.backbone == "efficientnet_lite1" and built is not model
+    assert [p.shape for p in built.parameters()] == [p.shape for p in lite1.parameters()]

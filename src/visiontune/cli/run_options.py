@@ -38,7 +38,8 @@ class RunOption:
 
 opt = RunOption
 RUN_OPTIONS = (
-    opt("backbone", "model", str, "Backbone: efficientnet_lite0/1/2, small_cnn, mlp, any timm name.",
+    opt("backbone", "model", str, "Backbone: efficientnet_lite0/1/2, small_cnn, mlp, any timm name (default:"
+        " efficientnet_lite0; a --budget long enough for 12+ epochs may choose lite2 or lite1).",
       flags=("--backbone", "--model", "-m")),
     opt("method", "train", str,
         "finetune (pretrained, frozen then unfrozen), scratch, or features (frozen features, classic heads)."),

@@ -225,7 +225,7 @@ def _print_result(result: Any, *, quiet: bool) -> None:
     if getattr(result, "best_head", None):
         table.add_row("head", result.best_head)
     else:
-        table.add_row("best epoch", str(result.best_epoch))
+        table.add_row("kept epoch", str(result.best_epoch))
     table.add_row("time", f"{result.elapsed_s:.0f} s")
     console.print(table)
     console.print(f"run folder: [bold]{result.run_dir}[/]   model bundle: [bold]{result.bundle_dir}[/]")

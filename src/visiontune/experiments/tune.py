@@ -191,7 +191,7 @@ def validate(config: TuneConfig) -> None:
             params = {name: candidate, **({"method": "finetune"} if name in FINETUNE_ONLY else {})}
             apply_params(config.base, params)
     sizes = _candidates(space, "image_size") or [config.base.model.image_size]
-    for name in _candidates(space, "backbone") or [config.base.model.backbone]:
+    for name in _candidates(space, "backbone") or [config.base.model.chosen_backbone]:
         spec = get_backbone(name)
         if spec.offline_weights is not None and not spec.offline_weights.installed() and config.base.model.pretrained:
             raise ConfigError(

@@ -258,12 +258,12 @@ def embed_on_ray(
     if precision == "auto":
         precision = PRECISIONS_ON_GPU if options.num_gpus_per_worker > 0 else "fp32"
     kwargs = {"pretrained": model.pretrained, "weights": model.weights, "drop_rate": model.drop_rate,
-              "pool": model.pool, "image_size": model.image_size or get_backbone(model.backbone).default_size,
+              "pool": model.pool, "image_size": model.image_size or get_backbone(model.chosen_backbone).default_size,
               "resize_mode": model.resize_mode}  # fmt: skip
-    classifier = create_classifier(model.backbone, 2, **kwargs)
+    classifier = create_classifier(model.chosen_backbone, 2, **kwargs)
     recipe = feature_recipe(classifier, pool=model.pool, tta=tta, view=View(), precision=precision)
     job = {"task": "embed", "recipe": recipe}
-    worker = {"backbone": model.backbone, "kwargs": kwargs, "tta": tta, "precision": precision,
+    worker = {"backbone": model.chosen_backbone, "kwargs": kwargs, "tta": tta, "precision": precision,
               "weights_sha256": weights_digest(classifier.backbone)}  # fmt: skip
     result = _run(paths, out, job, EmbedWorker, worker, classifier.preprocessing, options, max_pixels, progress)
     return result, recipe

@@ -7,8 +7,13 @@ alone) and one decode per sample file, and fits seconds per image as fixed + per
 epochs with their validation, the final scoring and the k-NN detector's bank), and `plan_budget`
 picks the recipe expected to be most accurate among those that fit: epochs first (accuracy climbs
 steeply over the first three epochs; bench/RESULTS.md), then input size; when no fine-tuning fits,
-frozen features. `BudgetStop` ends training early (the epoch under way is validated and the best
-checkpoint kept) when the run would otherwise overrun.
+frozen features. A budget long enough to saturate the default backbone (its plan reaches
+SATURATED epochs) buys a larger one instead, when the user left the backbone to us: the larger
+backbones offered are timed at the planned size and the largest whose own plan still reaches
+SATURATED epochs is taken (bench/RESULTS.md: on the demo, Lite0 stops improving near 15 epochs;
+Lite2 at 14-16 epochs scores 1.3 points more, at 8 epochs no more). `BudgetStop` ends training
+early (the epoch under way is validated and the best checkpoint kept) when the run would
+otherwise overrun.
 
 Every function takes its clock, so tests plan with a fake one.
 """
@@ -16,6 +21,7 @@ Every function takes its clock, so tests plan with a fake one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import io
 import logging
@@ -42,6 +48,8 @@ Clock = Callable[[], float]
 MIN_SIZE = 64  # below this, pretrained backbones lose more accuracy than the time saved buys (digits, 28 px)
 SAFETY = 0.95  # plan to this share of the time left; BudgetStop catches the rest (at 0.9 a 2-min run ended at 0.88x)
 LONG_S = 15 * 60  # a default run longer than this gets a warning naming the faster options
+SATURATED = 12  # epochs past which the default backbone gains little on the demo, and a larger one gains 1+ point
+LARGER = ("efficientnet_lite2", "efficientnet_lite1")  # what a budget past SATURATED may buy, largest first
 
 
 def minutes(seconds: float) -> str:
@@ -61,6 +69,17 @@ class Costs:
         fixed, per_pixel = getattr(self, kind)
         return max(fixed + per_pixel * size * size, 0.0)
 
+    def scaled_to(self, other: Costs, size: int) -> Costs:
+        """These costs scaled, kind by kind, to `other`'s at `size`: another backbone of the same family,
+        timed at one size only, costs the same multiple of this one's at every size."""
+        lines = {}
+        for kind in ("train", "frozen", "infer"):
+            mine = self.per_image(kind, size)
+            ratio = other.per_image(kind, size) / mine if mine > 0 else 1.0
+            fixed, per_pixel = getattr(self, kind)
+            lines[kind] = (fixed * ratio, per_pixel * ratio)
+        return Costs(**lines, decode=self.decode)
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -71,12 +90,24 @@ class Plan:
     freeze_epochs: int
     epochs: int
     seconds: float
+    backbone: str | None = None  # a larger backbone the budget bought; None: the run's own
 
     def describe(self) -> str:
+        model = f"{self.backbone}, " if self.backbone else ""
         if self.method == "features":
-            return f"frozen features at {self.image_size} px"
+            return f"{model}frozen features at {self.image_size} px"
         frozen = f"{self.freeze_epochs} frozen + " if self.freeze_epochs else ""
-        return f"{frozen}{self.epochs} epoch(s) at {self.image_size} px"
+        return f"{model}{frozen}{self.epochs} epoch(s) at {self.image_size} px"
+
+
+@dataclass(frozen=True)
+class Larger:
+    """A larger backbone a long budget may buy instead of the run's: its name, its native input size and
+    how to build it (pretrained, the run's classes)."""
+
+    name: str
+    native_size: int
+    build: Callable[[], torch.nn.Module]
 
 
 @dataclass(frozen=True)
@@ -246,7 +277,7 @@ class BudgetStop(Callback):
     After each epoch, with the real epoch time measured, the phase is resized to the optimizer steps
     that fit (its schedule re-spread to anneal by the new end, the last epoch perhaps partial) or
     ended there. Should an epoch still overrun, it ends at the next batch, is validated and
-    checkpointed like any other, and the best epoch is what `finish` bundles.
+    checkpointed like any other, and the epoch `finetune.kept_checkpoint` keeps is what `finish` bundles.
     """
 
     def __init__(self, deadline: float, reserve_s: float, *, clock: Clock = time.perf_counter) -> None:
@@ -267,7 +298,7 @@ class BudgetStop(Callback):
         more = int((self.deadline - self.clock() - self.reserve_s) / step_s)
         if more <= 0:
             self.stopped = trainer.should_stop = True
-            log.warning("time budget: no further step fits; ending training here with the best epoch so far")
+            log.warning("time budget: no further step fits; ending training with this epoch")
             return
         steps = min(trainer.step + more, 2 * planned)  # at most twice the plan: the rate would jump too far
         if abs(steps - current) >= max(1, trainer.steps_per_epoch // 4):  # not for every jitter of the clock
@@ -278,7 +309,7 @@ class BudgetStop(Callback):
     def after_batch(self, trainer: Any, loss: float, batch_size: int) -> None:
         if not self.stopped and self.clock() + self.reserve_s >= self.deadline:
             self.stopped = trainer.should_stop = True
-            log.warning("time budget reached: ending training now; the best epoch so far is kept")
+            log.warning("time budget reached: ending training with this epoch (validated and checkpointed)")
 
 
 # ------------------------------------------------------------------------------------- the pipeline
@@ -301,6 +332,7 @@ def plan_run(
     native_size: int,
     fixed_size: bool = False,
     ceiling: int | None = None,
+    larger: Sequence[Larger] = (),
     clock: Clock = time.perf_counter,
 ) -> tuple[Any, Timing]:
     """The config to run (its recipe chosen to fit `config.train.budget`, when set) and what was planned.
@@ -308,14 +340,19 @@ def plan_run(
     Without a budget the config is unchanged; the estimate is still made, and a long one warned about.
     Under a budget the input size ranges up to twice the default (at most the backbone's `native_size`
     and the images' `ceiling`, see `audit.largest_useful_size`) unless the user gave it
-    (`fixed_size`), and the epochs up to 16.
+    (`fixed_size`), and the epochs up to 16. When the plan reaches SATURATED epochs, the `larger`
+    backbones (largest first; the pipeline offers them only when the user left the backbone to us)
+    are timed and the first whose own plan reaches SATURATED epochs replaces the run's.
     """
     ft, size = config.finetune, int(config.model.image_size)
     workload = Workload(len(data.split("train")), len(data.split("valid")), len(data.split("test")))
     workload = Workload(workload.train, workload.valid, workload.test, workload.train + workload.valid)
     files = [s.path for s in data.split("train")[:4]]
-    limit = min(2 * size, native_size, ceiling or native_size)
-    largest = size if fixed_size else max(size, limit)  # a bigger budget may buy pixels, up to where they help
+
+    def largest_for(native: int) -> int:  # a bigger budget may buy pixels, up to where they help
+        return size if fixed_size else max(size, min(2 * size, native, ceiling or native))
+
+    largest = largest_for(native_size)
     method = config.train.method
     layout = method == "features" or bool(ft.channels_last)  # features extract channels-last too
     budget = parse_duration(config.train.budget) if config.train.budget is not None else None
@@ -332,9 +369,19 @@ def plan_run(
                                                           freeze_epochs=freeze, epochs=epochs))  # fmt: skip
     plan = default
     if budget is not None and method != "features":
-        left = budget - (clock() - started)
-        most = max(epochs, 16)
-        plan = plan_budget(costs, workload, seconds=left, largest_size=largest, freeze_epochs=freeze, most_epochs=most)
+        deadline, most = started + budget, max(epochs, 16)
+
+        def fit(of: Costs, top: int) -> Plan:  # what fits the time left now
+            return plan_budget(of, workload, seconds=deadline - clock(), largest_size=top, freeze_epochs=freeze,
+                               most_epochs=most)  # fmt: skip
+
+        def timed(candidate: torch.nn.Module, at: int) -> Costs:
+            return measure(candidate, [at], batch=batch, clock=clock, kinds=kinds, channels_last=layout)
+
+        plan = fit(costs, largest)
+        if method == "finetune" and larger and plan.method == "finetune":
+            plan, costs = _larger_backbone(plan, costs, larger, fit=fit, timed=timed, largest=largest,
+                                            largest_for=largest_for)  # fmt: skip
         if plan.method == "finetune" and method == "scratch":
             plan = Plan("scratch", plan.image_size, 0, plan.epochs + plan.freeze_epochs, plan.seconds)
     # what must still run once training stops: the cut epoch's validation, then finishing
@@ -344,7 +391,39 @@ def plan_run(
     return _planned(config, plan), Timing(plan, started + budget, reserve, _message(plan, default, budget))
 
 
+def _larger_backbone(
+    plan: Plan,
+    costs: Costs,
+    larger: Sequence[Larger],
+    *,
+    fit: Callable[[Costs, int], Plan],
+    timed: Callable[[torch.nn.Module, int], Costs],
+    largest: int,
+    largest_for: Callable[[int], int],
+) -> tuple[Plan, Costs]:
+    """The plan of the largest of `larger` that still reaches SATURATED epochs, and its costs; else the
+    run's own backbone, re-planned for the time the timing took.
+
+    Each is timed at the planned size only and the run's cost lines scaled to it (`Costs.scaled_to`):
+    a few steps, seconds, where a second size would double them.
+    """
+    if plan.epochs + plan.freeze_epochs < SATURATED:
+        return plan, costs  # the run's backbone is still gaining from more epochs: nothing is timed
+    for candidate in larger:
+        with torch.random.fork_rng(devices=[]):  # its new head draws no random numbers of the run's
+            model = candidate.build()
+        theirs = costs.scaled_to(timed(model, plan.image_size), plan.image_size)
+        del model
+        own = fit(theirs, largest_for(candidate.native_size))
+        if own.method == "finetune" and own.epochs + own.freeze_epochs >= SATURATED:
+            return dataclasses.replace(own, backbone=candidate.name), theirs
+        log.debug("budget: %s would get %s; keeping the run's backbone", candidate.name, own.describe())
+    return fit(costs, largest), costs
+
+
 def _planned(config: Any, plan: Plan) -> Any:
+    if plan.backbone is not None:
+        config = config.replace("model", backbone=plan.backbone)
     config = config.replace("model", image_size=plan.image_size)
     if plan.method == "features":
         return config.replace("train", method="features")
@@ -355,7 +434,8 @@ def _message(plan: Plan, default: Plan, budget: float | None) -> str:
     finish = time.strftime("%H:%M", time.localtime(time.time() + plan.seconds))
     text = f"plan: {plan.describe()}, about {minutes(plan.seconds)} on this machine (done ~{finish})"
     if budget is not None:
-        return f"budget {minutes(budget)}: {text}"
+        why = f"; a larger backbone, as the budget fits {SATURATED}+ of its epochs" if plan.backbone else ""
+        return f"budget {minutes(budget)}: {text}{why}"
     if default.seconds > LONG_S:
         log.warning(
             "the default recipe will take ~%s on this machine; --budget 10m or --method features for a faster model",

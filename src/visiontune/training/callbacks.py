@@ -92,29 +92,37 @@ class HistoryPlot(Callback):
 
 
 class Checkpointer(Callback):
-    """checkpoints/last.safetensors after every epoch; best.safetensors when the monitored metric improves."""
+    """checkpoints/last.safetensors after every epoch; best.safetensors when the monitored metric improves.
+
+    It remembers the best and the last epoch's scores: which of the two is bundled is
+    `finetune.kept_checkpoint`'s choice.
+    """
 
     def __init__(self, run: RunFolder, monitor: Monitor) -> None:
         self.run = run
         self.monitor = monitor
         self.best: float | None = None
         self.best_epoch: int | None = None
+        self.last: float | None = None
+        self.last_epoch: int | None = None
 
     def after_epoch(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         value = float(metrics[self.monitor.name])
         improved = self.monitor.better(value, self.best)
+        self.last, self.last_epoch = value, int(metrics["epoch"])
         if improved:
-            self.best, self.best_epoch = value, int(metrics["epoch"])
+            self.best, self.best_epoch = value, self.last_epoch
         if trainer.is_main:
             if improved:
                 trainer.save_checkpoint(self.run.checkpoint("best"), weights_only=True)
             trainer.save_checkpoint(self.run.checkpoint("last"))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        return {"best": self.best, "best_epoch": self.best_epoch, "last": self.last, "last_epoch": self.last_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+        self.last, self.last_epoch = state.get("last"), state.get("last_epoch")  # None in earlier releases' files
 
 
 class EarlyStopping(Callback):
@@ -124,6 +132,7 @@ class EarlyStopping(Callback):
         self.monitor, self.patience = monitor, patience
         self.best: float | None = None
         self.waited = 0
+        self.stopped = False  # the schedule was cut short: its last epoch is not the annealed end
 
     def after_epoch(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         value = float(metrics[self.monitor.name])
@@ -133,7 +142,7 @@ class EarlyStopping(Callback):
         self.waited += 1
         if self.waited >= self.patience:
             log.warning("early stop: %s has not improved for %d epochs", self.monitor.name, self.patience)
-            trainer.should_stop = True
+            trainer.should_stop = self.stopped = True
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "waited": self.waited}

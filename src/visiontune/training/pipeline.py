@@ -15,6 +15,7 @@ main one writes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import time
 from collections import Counter
@@ -29,7 +30,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from visiontune.bundle import BundleMeta, save_bundle
 from visiontune.calibration import calibrate
-from visiontune.config import Monitor, RunConfig, auto_augment, get_monitor
+from visiontune.config import DEFAULT_BACKBONE, Monitor, RunConfig, auto_augment, get_monitor
 from visiontune.data.audit import largest_useful_size, suggest_image_size
 from visiontune.data.dataset import LabelledImages, load_data
 from visiontune.errors import ConfigError, Interrupted
@@ -40,7 +41,7 @@ from visiontune.inference import resolve_precision
 from visiontune.models import create_classifier, get_backbone
 from visiontune.runs.folder import RunFolder
 from visiontune.system import hardware, library_versions
-from visiontune.training.budget import BudgetStop, Timing, plan_run
+from visiontune.training.budget import LARGER, BudgetStop, Larger, Timing, plan_run
 from visiontune.training.checkpoint import CheckpointError
 from visiontune.training.events import Callback
 from visiontune.training.finetune import fit_finetune
@@ -172,13 +173,14 @@ def prepare(
     if "valid" not in data.splits:
         raise ConfigError(f"{data.root}: training scores its models on a validation split; give --valid-pct above 0")
     ratio = imbalance_ratio(list(Counter(s.label for s in data.split("train")).values()))
-    given_size, given_augment = config.model.image_size, config.train.augment
+    given_size, given_augment, given_backbone = config.model.image_size, config.train.augment, config.model.backbone
     config = resolve(config, data, ratio)
     set_seed(config.train.seed)  # the head's (or a scratch model's) initial weights
     model = create_classifier(config.model.backbone, len(data.classes), **_model_kwargs(config))
     timing = None
     if not resume and accelerator.num_processes == 1:  # measured on this machine: one process decides
         config, timing, model = _timed_plan(config, data, ratio, model, started, fixed_size=given_size is not None,
+                                            backbone_free=given_backbone is None,
                                             augment_follows_plan=given_augment == "auto")  # fmt: skip
     prepared = Prepared(config, data, run, accelerator, get_monitor(config.train.monitor), ratio, model, resume)
     prepared.timing = timing
@@ -197,26 +199,44 @@ def _timed_plan(
     started: float | None,
     *,
     fixed_size: bool,
+    backbone_free: bool = False,
     augment_follows_plan: bool = False,
 ) -> tuple[RunConfig, Timing, Any]:
-    """The estimate, and under --budget the recipe that fits (its model rebuilt when the size changed).
+    """The estimate, and under --budget the recipe that fits (its model rebuilt when the size or backbone
+    changed).
 
-    With `augment: auto` the augmentation follows the planned epochs (`config.auto_augment`).
+    With `augment: auto` the augmentation follows the planned epochs (`config.auto_augment`); with
+    `backbone_free` (no backbone given) a long budget may buy a larger one (`budget.LARGER`).
     """
     native = get_backbone(config.model.backbone).default_size
     began = time.perf_counter() if started is None else started
     ceiling = largest_useful_size(_train_sides(data))
+    larger = _larger_backbones(config, len(data.classes)) if backbone_free else ()
     planned, timing = plan_run(config, data, model, started=began, native_size=native, fixed_size=fixed_size,
-                               ceiling=ceiling)  # fmt: skip
+                               ceiling=ceiling, larger=larger)  # fmt: skip
     if planned.train.method != config.train.method:
         planned = resolve(planned, data, ratio)
     if augment_follows_plan and planned.train.method == "finetune":
         epochs = planned.finetune.epochs + planned.finetune.freeze_epochs
         planned = planned.replace("train", augment=auto_augment("finetune", epochs))
-    if planned.model.image_size != config.model.image_size:
+    if (planned.model.image_size, planned.model.backbone) != (config.model.image_size, config.model.backbone):
         set_seed(planned.train.seed)
         model = create_classifier(planned.model.backbone, len(data.classes), **_model_kwargs(planned))
     return planned, timing, model
+
+
+def _larger_backbones(config: RunConfig, classes: int) -> list[Larger]:
+    """The larger backbones a long --budget may buy (budget.LARGER), for a pretrained fine-tuning run
+    whose backbone was left to us: those whose ImageNet weights are installed (no download mid-plan)."""
+    if config.train.method != "finetune" or not config.model.pretrained or config.model.weights is not None:
+        return []
+    found = []
+    for name in LARGER:
+        spec = get_backbone(name)
+        if spec.offline_weights is not None and spec.offline_weights.installed():
+            build = functools.partial(create_classifier, name, classes, **_model_kwargs(config))
+            found.append(Larger(name, spec.default_size, build))
+    return found
 
 
 def resolve(config: RunConfig, data: LabelledImages, imbalance: float) -> RunConfig:
@@ -233,6 +253,8 @@ def resolve(config: RunConfig, data: LabelledImages, imbalance: float) -> RunCon
       statistics worth freezing, and the `strong` recipe adds MixUp/CutMix and an EMA unless set.
     """
     features = config.train.method == "features"
+    if config.model.backbone is None:
+        config = config.replace("model", backbone=DEFAULT_BACKBONE)
     if config.model.image_size is None:
         default = get_backbone(config.model.backbone).default_size
         size = default if features else min(suggest_image_size(_train_sides(data))[0], default)
@@ -287,7 +309,8 @@ def _run_folder(
         path = Path(config.out)
     else:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(config.data.source).stem or "data")
-        path = Path("runs") / (config.name or f"{datetime.now():%Y%m%d-%H%M%S}-{stem}-{config.model.backbone}")
+        model = config.model.backbone or ("auto" if config.train.budget else DEFAULT_BACKBONE)  # a budget may choose
+        path = Path("runs") / (config.name or f"{datetime.now():%Y%m%d-%H%M%S}-{stem}-{model}")
     holder = [str(path)]
     if accelerator.num_processes > 1:
         broadcast_object_list(holder)
