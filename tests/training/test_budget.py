@@ -347,3 +347,28 @@ def test_a_planned_backbone_is_the_model_that_trains(tmp_path: Path, fashion: di
     lite1 = create_classifier("efficientnet_lite1", len(data.classes), image_size=48)
     assert planned.model.backbone == "efficientnet_lite1" and built is not model
     assert [p.shape for p in built.parameters()] == [p.shape for p in lite1.parameters()]
+
+
+def test_a_saturated_budget_without_the_larger_weights_says_how_to_get_them(
+    tmp_path: Path, fashion: dict, monkeypatch, caplog
+) -> None:
+    from visiontune.training import pipeline
+
+    data = load_data(write_class_folders(tmp_path / "data", fashion, per_class=12), DataConfig(valid_pct=0.25))
+    config = RunConfig(DataConfig(source=str(data.root), valid_pct=0.25), ModelConfig(backbone="small_cnn",
+                       image_size=32), TrainConfig(budget="10h"))  # fmt: skip
+    config = pipeline.resolve(config, data, 1.0)
+    clock = FakeClock()
+    real = measure
+    monkeypatch.setattr(
+        "visiontune.training.budget.measure", lambda *a, **k: real(*a, **{**k, "clock": clock, "step": clock.step})
+    )
+    monkeypatch.setattr(pipeline, "LARGER", ())  # as if visiontune[lite] were not installed
+    model = create_classifier("small_cnn", len(data.classes), pretrained=False, image_size=32)
+    said = {}
+    for free in (True, False):
+        caplog.clear()
+        _, timing, _ = pipeline._timed_plan(config, data, 1.0, model, None, fixed_size=False, backbone_free=free)
+        assert timing.plan.epochs >= SATURATED  # ten hours: the plan saturates
+        said[free] = "pip install 'visiontune[lite]'" in caplog.text
+    assert said == {True: True, False: False}  # a --model the user gave is theirs: no advice to change it

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import re
 import time
 from collections import Counter
@@ -41,7 +42,7 @@ from visiontune.inference import resolve_precision
 from visiontune.models import create_classifier, get_backbone
 from visiontune.runs.folder import RunFolder
 from visiontune.system import hardware, library_versions
-from visiontune.training.budget import LARGER, BudgetStop, Larger, Timing, plan_run
+from visiontune.training.budget import LARGER, SATURATED, BudgetStop, Larger, Timing, plan_run
 from visiontune.training.checkpoint import CheckpointError
 from visiontune.training.events import Callback
 from visiontune.training.finetune import fit_finetune
@@ -51,6 +52,8 @@ from visiontune.training.trackers import Tracking
 from visiontune.training.trainer import make_accelerator
 
 VERSIONS = ("visiontune", "torch", "torchvision", "timm", "accelerate", "numpy", "pillow", "scikit-learn")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -211,9 +214,14 @@ def _timed_plan(
     native = get_backbone(config.model.backbone).default_size
     began = time.perf_counter() if started is None else started
     ceiling = largest_useful_size(_train_sides(data))
-    larger = _larger_backbones(config, len(data.classes)) if backbone_free else ()
+    grows = backbone_free and _may_grow(config)
+    larger = _larger_backbones(config, len(data.classes)) if grows else []
     planned, timing = plan_run(config, data, model, started=began, native_size=native, fixed_size=fixed_size,
                                ceiling=ceiling, larger=larger)  # fmt: skip
+    plan = timing.plan
+    if grows and not larger and timing.deadline is not None and plan.epochs + plan.freeze_epochs >= SATURATED:
+        log.warning("the budget fits %d+ epochs, past what %s gains from; pip install 'visiontune[lite]' "
+                    "lets it train EfficientNet-Lite2 instead", SATURATED, config.model.backbone)  # fmt: skip
     if planned.train.method != config.train.method:
         planned = resolve(planned, data, ratio)
     if augment_follows_plan and planned.train.method == "finetune":
@@ -225,11 +233,14 @@ def _timed_plan(
     return planned, timing, model
 
 
+def _may_grow(config: RunConfig) -> bool:
+    """Whether a larger pretrained backbone can replace this run's: fine-tuning from packaged weights."""
+    return config.train.method == "finetune" and config.model.pretrained and config.model.weights is None
+
+
 def _larger_backbones(config: RunConfig, classes: int) -> list[Larger]:
-    """The larger backbones a long --budget may buy (budget.LARGER), for a pretrained fine-tuning run
-    whose backbone was left to us: those whose ImageNet weights are installed (no download mid-plan)."""
-    if config.train.method != "finetune" or not config.model.pretrained or config.model.weights is not None:
-        return []
+    """The larger backbones a long --budget may buy (budget.LARGER): those whose ImageNet weights are
+    installed (no download mid-plan)."""
     found = []
     for name in LARGER:
         spec = get_backbone(name)
