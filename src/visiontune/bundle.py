@@ -35,7 +35,7 @@ from visiontune.data.transforms import Preprocessing
 from visiontune.detector import KNNDetector
 from visiontune.errors import BundleError, VisiontuneError
 from visiontune.io import writing
-from visiontune.models import build_model
+from visiontune.models import MEMBERS_KEY, build_model
 from visiontune.system import library_versions
 
 FORMAT = "visiontune.bundle/1"
@@ -56,6 +56,13 @@ class BundleMeta:
     versions: dict[str, Any] = field(default_factory=library_versions)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     weights_sha256: str | None = None  # of model.safetensors; set by save_bundle (None: an older bundle)
+
+    @property
+    def architecture(self) -> str:
+        """The backbone's name, with "x N" for an ensemble of N members (what reports and /info show)."""
+        name = str(self.arch.get("backbone", self.arch.get("name", "model")))
+        members = len(self.arch.get(MEMBERS_KEY) or [])
+        return f"{name} x{members}" if members > 1 else name
 
     def to_dict(self) -> dict[str, Any]:
         data = {

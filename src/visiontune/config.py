@@ -192,6 +192,7 @@ OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 BALANCE = ("auto", "none", "weights", "sampler")
 TRACKERS = ("tensorboard", "mlflow")
 BN_STATS = ("frozen", "adapt")
+MAX_MEMBERS = 8  # an ensemble's members; past a few, each one more buys little and costs a forward pass
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,11 @@ def parse_duration(text: str | float, name: str = "budget") -> float:
 class FinetuneConfig:
     """The training loop (methods finetune and scratch).
 
+    `members` > 1 trains that many models, each with the whole recipe and its own seed, and
+    bundles them as one `models.Ensemble` (their probabilities averaged; predictions cost as many
+    forward passes). None leaves it to a `--budget`, which plans members once each can still
+    train SATURATED epochs of the largest backbone offered (`training.budget`).
+
     `lr=None` means "find it" with the learning-rate range test. With `freeze_epochs` > 0 the run
     is fastai's fine_tune (the head alone at `lr` on the frozen backbone, then every layer peaking
     at lr / 2); with none, every layer learns from the first step on one cycle peaking at `lr`.
@@ -396,6 +402,7 @@ class FinetuneConfig:
     ema: float | None = None
     balance: str = "auto"
     patience: int | None = None
+    members: int | None = None  # None: 1, or what a --budget plans; N: an ensemble of N (seeds seed .. seed + N - 1)
 
     def __post_init__(self) -> None:
         if self.channels_last is None:
@@ -423,6 +430,8 @@ class FinetuneConfig:
             check_range("ema", self.ema, 0.0, 1.0, low_open=True)
         if self.patience is not None:
             check_range("patience", self.patience, 1, 100_000)
+        if self.members is not None:
+            check_range("members", self.members, 1, MAX_MEMBERS)
 
 
 @dataclass(frozen=True)

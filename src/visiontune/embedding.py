@@ -19,11 +19,15 @@ the vectors its bank was fitted on:
 The stage outputs are read by forward hooks during the model's own forward, so the logits are
 exactly the plain forward's and the backbone runs once. `Inference` runs these as its `forward`,
 so training's bank, predict, serve, evaluate and the ONNX graph all see the same vectors.
+
+An `Ensemble`'s embedding is its members' (each in the layout), each scaled to unit length and
+by 1 / sqrt(members), then concatenated: its cosine similarity is the mean of the members'.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable
 
@@ -33,12 +37,15 @@ from torch import nn
 from visiontune.config import check_choice
 from visiontune.detector import LAYOUTS, POOLED, STAGES
 from visiontune.models.classifier import Classifier, as_feature_map
+from visiontune.models.ensemble import Ensemble, average_logits
 from visiontune.models.fitted import FeatureClassifier
 from visiontune.models.heads import pool_features
 
 
 def default_layout(model: nn.Module) -> str:
     """The layout a detector fitted now uses for `model`: "stages" for a fine-tuned backbone that lists its stages."""
+    if isinstance(model, Ensemble):
+        return STAGES if all(default_layout(m) == STAGES for m in model.members) else POOLED
     if isinstance(model, FeatureClassifier) or not isinstance(model, Classifier):
         return POOLED  # features bundles: the cached vectors the head was fitted on
     return STAGES if _stages(model) else POOLED
@@ -46,7 +53,7 @@ def default_layout(model: nn.Module) -> str:
 
 def embeddings(model: nn.Module, images: torch.Tensor, layout: str = POOLED) -> torch.Tensor:
     """(B, 3, H, W) normalised images -> (B, D) float32 embeddings in `layout`."""
-    if not isinstance(model, Classifier):
+    if not isinstance(model, Classifier | Ensemble):
         raise TypeError(f"embeddings need a visiontune Classifier, not {type(model).__name__}")
     return logits_and_embeddings(model, layout)(images)[:, model.num_classes :]
 
@@ -60,6 +67,8 @@ def logits_and_embeddings(model: nn.Module, layout: str = POOLED) -> Callable[[t
         if layout != POOLED:
             raise ValueError(f"a features model's embedding is {POOLED!r}, not {layout!r}")
         return lambda images: _feature_outputs(model, images)
+    if isinstance(model, Ensemble):
+        return _ensemble_forward(model, layout)
     if not isinstance(model, Classifier):
         raise TypeError(f"embeddings need a visiontune Classifier, not {type(model).__name__}")
 
@@ -76,12 +85,25 @@ def logits_and_embeddings(model: nn.Module, layout: str = POOLED) -> Callable[[t
 
 def has_embeddings(model: nn.Module) -> bool:
     """Whether `model` can give embeddings: a bundle's Classifier, or an ONNX graph exported with them."""
-    return isinstance(model, Classifier) or bool(getattr(model, "embeds", False))
+    return isinstance(model, Classifier | Ensemble) or bool(getattr(model, "embeds", False))
 
 
 def _unit(vectors: torch.Tensor) -> torch.Tensor:
     """Rows scaled to length 1, in plain ops (ReduceSum, Rsqrt) that ONNX shape inference and int8 tools know."""
     return vectors * (vectors * vectors).sum(dim=1, keepdim=True).clamp_min(1e-24).rsqrt()
+
+
+def _ensemble_forward(model: Ensemble, layout: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """(B, K + D): the members' averaged logits, then their unit embeddings concatenated (scaled by 1 / sqrt(k))."""
+    forwards = [logits_and_embeddings(member, layout) for member in model.members]
+    classes, scale = model.num_classes, 1.0 / math.sqrt(len(forwards))
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        outputs = [f(images) for f in forwards]
+        logits = average_logits([o[:, :classes] for o in outputs])
+        return torch.cat([logits, *[_unit(o[:, classes:]) * scale for o in outputs]], dim=1)
+
+    return forward
 
 
 def _feature_outputs(model: FeatureClassifier, images: torch.Tensor) -> torch.Tensor:

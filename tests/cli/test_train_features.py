@@ -27,6 +27,7 @@ def test_features_options_are_checked(tmp_path: Path, fashion: dict) -> None:
     proc = visiontune("train", str(data), "--method", "features", "--heads", "logreg,xgboost")
     assert_one_line_error(proc, "`heads` must be one of", "xgboost")
     assert_one_line_error(visiontune("train", str(data), "--views", "3"), "--views only apply to --method features")
-    for option, value in (("--epochs", "3"), ("--lr", "0.01"), ("--lr", "auto"), ("--batch-size", "8")):
+    for option, value in (("--epochs", "3"), ("--lr", "0.01"), ("--lr", "auto"), ("--batch-size", "8"),
+                          ("--members", "2")):  # fmt: skip
         proc = visiontune("train", str(data), "--method", "features", option, value)
         assert_one_line_error(proc, f"{option} only apply to --method finetune or scratch, not --method features")

@@ -19,7 +19,7 @@ from visiontune.data.transforms import Preprocessing
 from visiontune.errors import ConfigError, ModelError
 from visiontune.export import ExportConfig, ExportReport, export_model
 from visiontune.export.check import check_images, compare, throughputs
-from visiontune.export.onnx import to_onnx
+from visiontune.export.onnx import export_bundle, to_onnx
 from visiontune.predict.onnx_backend import OnnxModel, meta_from_onnx
 
 TOLERANCE = 1e-4
@@ -268,3 +268,24 @@ def test_check_finds_moved_data_with_data_and_falls_back_to_bundled_images(
     comparison = compare(reference, visiontune.load(exported.path), alone)
     assert comparison.images == len(alone.items) and comparison.max_abs_diff <= TOLERANCE
     assert comparison.reference_accuracy is None
+
+
+def test_an_ensemble_bundle_exports_as_one_graph_of_its_averaged_members(tmp_path: Path) -> None:
+    from visiontune.bundle import save_bundle
+    from visiontune.models import Ensemble, create_classifier
+    from visiontune.predict.onnx_backend import OnnxModel
+
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(create_classifier("small_cnn", 3, pretrained=False, image_size=28))
+    ensemble = Ensemble(members).eval()
+    bundle = save_bundle(tmp_path / "model", ensemble,
+                         BundleMeta(ensemble.arch, ["a", "b", "c"], ensemble.preprocessing))  # fmt: skip
+    export_bundle(bundle, tmp_path / "ensemble.onnx")
+    graph = OnnxModel(tmp_path / "ensemble.onnx")
+    images = torch.randn(5, 3, 28, 28)
+    with torch.no_grad():
+        expected = ensemble(images)
+    torch.testing.assert_close(torch.as_tensor(graph(images)), expected, rtol=1e-4, atol=TOLERANCE)
+    assert len(meta_from_onnx(graph).arch["ensemble"]) == 2  # the metadata says what the graph averages

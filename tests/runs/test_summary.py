@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from visiontune.config import DataConfig, ModelConfig, RunConfig, TrainConfig, save_yaml
+from visiontune.config import DataConfig, FinetuneConfig, ModelConfig, RunConfig, TrainConfig, save_yaml
 from visiontune.errors import ConfigError
 from visiontune.experiments.compare import config_differences
 from visiontune.runs.lock import run_lock
@@ -17,9 +17,12 @@ from visiontune.runs.summary import RunSummary, find_runs, read_run, sort_runs
 from visiontune.training.callbacks import EPOCH_FIELDS
 
 
-def write_run(folder: Path, accuracies: list[float], *, image_size: int = 64, results: bool = False) -> Path:
+def write_run(
+    folder: Path, accuracies: list[float], *, image_size: int = 64, results: bool = False, members: int | None = None
+) -> Path:
     """A run folder as train leaves it after len(accuracies) epochs (results.json only once it finished)."""
-    config = RunConfig(DataConfig(source="/data/photos", sample=0.1), ModelConfig(image_size=image_size), TrainConfig())
+    config = RunConfig(DataConfig(source="/data/photos", sample=0.1), ModelConfig(image_size=image_size), TrainConfig(),
+                       FinetuneConfig(members=members))  # fmt: skip
     save_yaml(config.to_dict(), folder / "config.yaml")
     (folder / "run.json").write_text(json.dumps({"started": "2026-11-20T10:00:00", "monitor": "valid_accuracy"}))
     with open(folder / "metrics.csv", "w", newline="") as handle:
@@ -102,3 +105,9 @@ def test_a_run_of_the_previous_release_still_lists(tmp_path: Path) -> None:
     run = read_run(folder)
     assert (run.backbone, run.image_size, run.epochs_label) == ("efficientnet_lite0", 112, "1+6")
     assert run.monitor == "valid_accuracy" and run.valid == 0.83 and run.status == "stopped"
+
+
+def test_an_ensembles_row_names_its_members(tmp_path: Path) -> None:
+    one = read_run(write_run(tmp_path / "one", [0.8], members=1))
+    two = read_run(write_run(tmp_path / "two", [0.8], members=2))
+    assert (one.backbone, two.backbone) == ("efficientnet_lite0", "efficientnet_lite0 x2")

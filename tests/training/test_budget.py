@@ -17,6 +17,7 @@ from visiontune.errors import ConfigError
 from visiontune.models import create_classifier
 from visiontune.system import inference_batch_size
 from visiontune.training.budget import (
+    MOST_MEMBERS,
     SAFETY,
     SATURATED,
     BudgetStop,
@@ -248,15 +249,16 @@ def long_run(tmp_path: Path, fashion: dict, monkeypatch):
     monkeypatch.setattr("visiontune.training.budget.measure", spy)
     model = _slow(create_classifier("small_cnn", len(data.classes), pretrained=False, image_size=64), 10.0)
 
-    def run(budget: str, larger: list[Larger]):
+    def run(budget: str, larger: list[Larger], *, members: int | None = None, members_free: bool = False):
         config = RunConfig(
             DataConfig(source=str(data.root), valid_pct=0.25),
             ModelConfig(backbone="small_cnn", image_size=64),
             TrainConfig(budget=budget),
-            FinetuneConfig(epochs=4, freeze_epochs=0, batch_size=8),
+            FinetuneConfig(epochs=4, freeze_epochs=0, batch_size=8, members=members),
         )
         timed.clear()
-        return plan_run(config, data, model, started=clock(), native_size=224, larger=larger, clock=clock)
+        return plan_run(config, data, model, started=clock(), native_size=224, larger=larger, clock=clock,
+                        members_free=members_free)  # fmt: skip
 
     return run, timed
 
@@ -300,6 +302,62 @@ def test_when_no_larger_backbone_gets_enough_epochs_the_run_keeps_its_own(long_r
     assert timing.plan.epochs >= SATURATED and timing.plan.seconds <= SAFETY * 600
 
 
+# ------------------------------------------------------------------------------- an ensemble for a longer one
+def test_a_budget_that_saturates_the_largest_backbone_buys_members_that_each_still_saturate(long_run) -> None:
+    run, _ = long_run
+    members = {}
+    for budget in ("90s", "2m", "10m"):
+        built: list[str] = []
+        planned, timing = run(budget, [_candidate("big", 13.0, built)], members_free=True)
+        plan = timing.plan
+        members[budget] = plan.members
+        assert plan.backbone == "big" and plan.saturated  # the larger backbone first, then members of it
+        assert planned.finetune.members == plan.members and planned.model.backbone == "big"
+        assert plan.seconds <= SAFETY * parse_duration(budget)  # all members together fit
+        if plan.members > 1:
+            assert f"{plan.members} members averaged" in timing.message
+            assert plan.describe().startswith(f"{plan.members} members, each big, ")
+    # on this fake machine 90 s saturate "big" (16 epochs) but half of it would not: one model
+    assert members == {"90s": 1, "2m": 2, "10m": MOST_MEMBERS}
+
+
+def test_members_are_planned_only_when_left_to_visiontune(long_run) -> None:
+    run, _ = long_run
+    _, timing = run("10h", [], members=1)  # --members 1 (members_free is False): one model, however long
+    assert timing.plan.members == 1 and timing.plan.saturated
+    _, timing = run("2m", [], members=1)
+    one_model = timing.plan
+    _, timing = run("2m", [], members=3)  # --members 3 under a budget: each plan is a third of it
+    plan = timing.plan
+    assert plan.members == 3 and plan.seconds <= SAFETY * 120
+    assert plan.epochs < one_model.epochs  # each member's recipe is planned for its share
+
+
+def test_members_given_that_could_not_fine_tune_in_their_share_become_one_model(long_run, caplog) -> None:
+    run, _ = long_run
+    planned, timing = run("30s", [], members=4)  # 7 s each would buy frozen features only, which don't ensemble
+    assert "fits no fine-tuning of 4 members" in caplog.text
+    assert (timing.plan.method, timing.plan.members, planned.finetune.members) == ("finetune", 1, 1)  # one model
+    planned, timing = run("20s", [], members=4)  # not even one model fine-tunes in 20 s: frozen features
+    assert timing.plan.method == "features" and planned.train.method == "features"
+    assert planned.finetune.members is None  # config.yaml names no members for a features run
+
+
+def test_each_member_stops_at_its_share_and_the_last_keeps_every_members_final_scoring() -> None:
+    from visiontune.training.budget import Plan, Timing
+
+    timing = Timing(Plan("finetune", 64, 0, 12, 90.0, members=2), deadline=100.0, reserve_s=5.0, message="",
+                    finishing_s=3.0)  # fmt: skip
+    first = timing.member_stop(0, now=10.0)
+    assert (first.deadline, first.reserve_s) == (55.0, 5.0)  # half of the 90 s left
+    second = timing.member_stop(1, now=53.0)  # the first stopped 2 s early, leaving its scoring for the end
+    assert (second.deadline, second.reserve_s) == (100.0, 8.0)  # both members' final scoring held back
+    alone = Timing(Plan("finetune", 64, 0, 4, 50.0), deadline=100.0, reserve_s=5.0, message="", finishing_s=3.0)
+    stop = alone.member_stop(0, now=10.0)
+    assert (stop.deadline, stop.reserve_s) == (100.0, 5.0)  # one model: the budget's deadline and reserve, as before
+    assert Timing(Plan("finetune", 64, 0, 4, 50.0), None, 5.0, "").member_stop(0, now=1.0) is None  # no budget
+
+
 class _Planned(Exception):
     """Raised by a spy in place of planning: what the pipeline offered is all the test needs."""
 
@@ -307,18 +365,22 @@ class _Planned(Exception):
 def test_only_a_backbone_left_to_visiontune_may_be_swapped(tmp_path: Path, fashion: dict, monkeypatch) -> None:
     data = write_class_folders(tmp_path / "data", fashion, per_class=6)
     offered: list[list[str]] = []
+    free: list[bool] = []
 
     def spy(*args, **kwargs):
         offered.append([c.name for c in kwargs["larger"]])
+        free.append(kwargs["members_free"])
         raise _Planned
 
     monkeypatch.setattr("visiontune.training.pipeline.plan_run", spy)
-    for name, backbone, method in [("free", None, "finetune"), ("given", "efficientnet_lite0", "finetune"),
-                                   ("scratch", None, "scratch")]:  # fmt: skip
+    for name, backbone, method, members in [("free", None, "finetune", None),
+                                            ("given", "efficientnet_lite0", "finetune", None),
+                                            ("scratch", None, "scratch", 1)]:  # fmt: skip
         config = RunConfig(
             DataConfig(source=str(data), valid_pct=0.25),
             ModelConfig(backbone=backbone, image_size=32),
             TrainConfig(method=method, num_workers=0, budget="10m"),
+            FinetuneConfig(members=members),
             out=str(tmp_path / name),
         )
         with pytest.raises(_Planned):
@@ -326,6 +388,7 @@ def test_only_a_backbone_left_to_visiontune_may_be_swapped(tmp_path: Path, fashi
     # the user's --model, even the default spelled out, is kept; a network trained from scratch has no larger
     # pretrained sibling
     assert offered == [["efficientnet_lite2", "efficientnet_lite1"], [], []]
+    assert free == [True, True, False]  # members are the budget's to plan unless --members was given
 
 
 def test_a_planned_backbone_is_the_model_that_trains(tmp_path: Path, fashion: dict, monkeypatch) -> None:

@@ -22,7 +22,7 @@ from visiontune.data.dataset import LabelledImages
 from visiontune.errors import DatasetError
 from visiontune.features.classical import fit_head, predict_logits
 from visiontune.features.extract import Extraction, extract_features
-from visiontune.models import Classifier, create_classifier, get_backbone
+from visiontune.models import Classifier, Ensemble, create_classifier, get_backbone
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,14 @@ def feature_model(model: str | Path, num_classes: int, *, image_size: int | None
 
     A name that is also an existing folder is read as the folder. A backbone embeds at its own input
     size unless `image_size` says otherwise (ImageNet features are best at the scale they were learnt
-    at, as for `train --method features`); a run embeds at the size it was trained at.
+    at, as for `train --method features`); a run embeds at the size it was trained at (an ensemble's
+    run with its first member).
     """
     if Path(model).exists():
         classifier, _ = load_bundle(model)
+        if isinstance(classifier, Ensemble):  # one network embeds: the run's own (seed) member
+            log.info("%s is an ensemble of %d; its first member embeds the images", model, len(classifier.members))
+            classifier = classifier.members[0]
         assert isinstance(classifier, Classifier)
         return classifier
     get_backbone(str(model))  # an unknown name is refused here with the list of known ones

@@ -63,6 +63,8 @@ RUN_OPTIONS = (
     opt("label_smoothing", "finetune", float, "Label smoothing for the loss."),
     opt("optimizer", "finetune", str, "adamw, sgd or rmsprop."),
     opt("patience", "finetune", int, "Stop after this many epochs without improvement."),
+    opt("members", "finetune", int, "Train N models (seeds seed..seed+N-1) and bundle their averaged "
+        "predictions; default 1, or what --budget plans."),
     opt("unfreeze_top", "finetune", int, "Unfreeze only the top N layer groups (Keras recipe)."),
     opt("bn_stats", "finetune", str, "Fine-tuning keeps BatchNorm statistics 'frozen' (default) or lets them 'adapt'."),
     opt("lr_ratio", "finetune", float, "Head rate / earliest layers' rate when fine-tuning (discriminative LRs)."),

@@ -60,7 +60,7 @@ def train_command(
     from visiontune.training.pipeline import Hooks, train  # torch, timm: loaded once the options are known to be good
 
     display = EpochDisplay(quiet=quiet or json_log, json_lines=json_log)
-    hooks = Hooks(on_plan=_say_plan(quiet=quiet or json_log))
+    hooks = Hooks(on_plan=_say_plan(quiet=quiet or json_log), on_member=_say_member(quiet=quiet or json_log))
     with says_stopped():
         try:
             result = train(
@@ -123,6 +123,13 @@ def _train_features(run_config: RunConfig, *, overwrite: bool, quiet: bool, json
 def _say_plan(*, quiet: bool) -> Any:
     """The recipe and its estimated time, one line before training starts (training.budget)."""
     return None if quiet else lambda message: err_console.print(message, highlight=False)
+
+
+def _say_member(*, quiet: bool) -> Any:
+    """A heading line before each ensemble member trains."""
+    if quiet:
+        return None
+    return lambda number, count, seed: err_console.print(f"[bold]member {number} of {count}[/] (seed {seed})")
 
 
 def _float(name: str, text: str) -> float:
@@ -224,6 +231,10 @@ def _print_result(result: Any, *, quiet: bool) -> None:
             table.add_row(key, f"{result.metrics[key]:.4f}")
     if getattr(result, "best_head", None):
         table.add_row("head", result.best_head)
+    elif getattr(result, "members", None):
+        shown = ", ".join("?" if m["score"] is None else f"{m['score']:.4f}" for m in result.members)
+        table.add_row("members", f"{len(result.members)} ({result.members[0]['monitor']} alone: {shown})")
+        table.add_row("kept epochs", ", ".join(str(m["kept_epoch"]) for m in result.members))
     else:
         table.add_row("kept epoch", str(result.best_epoch))
     table.add_row("time", f"{result.elapsed_s:.0f} s")

@@ -6,7 +6,8 @@ ReLU(sum_c w_c A_c), upsampled to the input size and stretched to 0..1 per image
 
 It needs the logit to be a differentiable function of the feature map: true for fine-tuned heads
 and for the fitted linear, MLP and RBF-SVM heads; not for k-NN (a vote among neighbours) or a
-random forest (threshold tests), which `unavailable_reason` says in words.
+random forest (threshold tests), which `unavailable_reason` says in words. An ensemble's map is
+the mean of its members' maps (each for the ensemble's class, each stretched to 0..1).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from visiontune.errors import ModelError
 from visiontune.models.classifier import Classifier, as_feature_map
+from visiontune.models.ensemble import Ensemble, members_of
 
 # fitted heads whose output is a vote or a tree walk: the gradient is zero or says nothing
 NOT_DIFFERENTIABLE = {
@@ -26,16 +28,16 @@ NOT_DIFFERENTIABLE = {
 }
 
 
-def unavailable_reason(model: Classifier) -> str | None:
+def unavailable_reason(model: Classifier | Ensemble) -> str | None:
     """None when Grad-CAM applies to `model`, otherwise why it doesn't (shown in the report)."""
-    fitted = getattr(model.head, "fitted", None)  # a features-method bundle's classical head
+    fitted = getattr(getattr(model, "head", None), "fitted", None)  # a features-method bundle's classical head
     kind = getattr(fitted, "kind", None)
     if kind in NOT_DIFFERENTIABLE:
         return f"Grad-CAM does not apply to this model: {NOT_DIFFERENTIABLE[kind]}."
     return None
 
 
-def grad_cam(model: Classifier, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+def grad_cam(model: Classifier | Ensemble, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """(B, H, W) heat maps in 0..1 for (B, 3, H, W) normalised images, each for its class in (B,) `classes`.
 
     Works on models whose parameters are frozen (the input is made to require grad instead), and
@@ -48,8 +50,10 @@ def grad_cam(model: Classifier, images: torch.Tensor, classes: torch.Tensor) -> 
     reason = unavailable_reason(model)
     if reason is not None:
         raise ModelError(reason)
-    captured: list[torch.Tensor] = []
-    handle = model.backbone.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+    parts = members_of(model)  # an ensemble: each member's map for the ensemble's class, averaged
+    captured: list[list[torch.Tensor]] = [[] for _ in parts]
+    pairs = zip(parts, captured, strict=True)
+    handles = [member.backbone.register_forward_hook(_recorder(bucket)) for member, bucket in pairs]
     was_training = model.training
     model.eval()
     try:
@@ -57,13 +61,20 @@ def grad_cam(model: Classifier, images: torch.Tensor, classes: torch.Tensor) -> 
             x = images.detach().clone().requires_grad_(True)  # builds the graph even when all weights are frozen
             logits = model(x)  # (B, K)
             chosen = logits.gather(1, classes.to(logits.device).long()[:, None]).sum()  # images are independent
-            grads = torch.autograd.grad(chosen, captured)
+            grads = iter(torch.autograd.grad(chosen, [a for bucket in captured for a in bucket]))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
-    cams = torch.cat([_cam(model, a.detach(), g) for a, g in zip(captured, grads, strict=True)])  # (B * views, h, w)
-    cams = _merge_views(cams, len(images))
-    return _upsample(cams, images.shape[-2:])
+    maps = []
+    for member, bucket in zip(parts, captured, strict=True):
+        cams = torch.cat([_cam(member, a.detach(), next(grads)) for a in bucket])  # (B * views, h, w)
+        maps.append(_upsample(_merge_views(cams, len(images)), images.shape[-2:]))
+    return torch.stack(maps).mean(dim=0)
+
+
+def _recorder(bucket: list[torch.Tensor]) -> Any:
+    return lambda _module, _inputs, output: bucket.append(output)
 
 
 def _cam(model: Classifier, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:

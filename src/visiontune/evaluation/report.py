@@ -98,7 +98,7 @@ def write_report(
 
 # ---- page -------------------------------------------------------------------------------------
 def _page(metrics: dict[str, Any], meta: BundleMeta, body: str) -> str:
-    name = meta.arch.get("name", "model")
+    name = meta.architecture
     head = meta.metrics.get("head")
     title = f"{name} + {head} head" if head else name
     method = meta.training.get("method", "?")

@@ -9,6 +9,7 @@
       history.png, lr_find.png
       checkpoints/        last.safetensors, best.safetensors
       results.json        the final metrics, calibration, best epoch or head, elapsed time
+      members/2/ ...      an ensemble's further members: each its own checkpoints/, metrics and run.json
       model/              the bundle
       eval/               `visiontune evaluate`'s outputs; trial.json for a tune trial
 
@@ -40,9 +41,9 @@ RUN_FORMAT = "visiontune.run/1"
 CONFIG, INFO, RESULTS, CLASSES, SPLITS = "config.yaml", "run.json", "results.json", "classes.json", "splits.csv"
 METRICS_CSV, METRICS_JSONL, HEADS = "metrics.csv", "metrics.jsonl", "heads.csv"
 HISTORY, LR_FIND, TRIAL = "history.png", "lr_find.png", "trial.json"
-CHECKPOINTS, BUNDLE, EVAL, TENSORBOARD = "checkpoints", "model", "eval", "tensorboard"
+CHECKPOINTS, BUNDLE, EVAL, TENSORBOARD, MEMBERS = "checkpoints", "model", "eval", "tensorboard", "members"
 WRITTEN = {CONFIG, INFO, RESULTS, CLASSES, SPLITS, METRICS_CSV, METRICS_JSONL, HEADS, HISTORY, LR_FIND, TRIAL,
-           CHECKPOINTS, BUNDLE, EVAL, TENSORBOARD, LOCK_FILE}  # fmt: skip
+           CHECKPOINTS, BUNDLE, EVAL, TENSORBOARD, MEMBERS, LOCK_FILE}  # fmt: skip
 # epoch-row names of earlier releases, read as this release's
 LEGACY_COLUMNS = {"accuracy": "valid_accuracy", "balanced_accuracy": "valid_balanced_accuracy",
                   "error_rate": "valid_error_rate"}  # fmt: skip
@@ -86,6 +87,15 @@ class RunFolder:
     def checkpoint(self, which: str) -> Path:
         """checkpoints/last.safetensors or best.safetensors."""
         return self.checkpoints_dir / f"{which}.safetensors"
+
+    def member(self, index: int) -> RunFolder:
+        """Where an ensemble's member `index` (0-based) trains: the run folder itself for the first,
+        members/<index + 1>/ for the others (created here: their files are written like the run's)."""
+        if index == 0:
+            return self
+        folder = RunFolder(self.path / MEMBERS / str(index + 1))
+        folder.path.mkdir(parents=True, exist_ok=True)
+        return folder
 
     # ---- create, lock, claim --------------------------------------------------------------------
     def check_target(self, *, overwrite: bool | None = None) -> None:

