@@ -14,7 +14,6 @@ embeddings for the unknown detector, one bundle.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from typing import Any
 
@@ -24,8 +23,6 @@ from visiontune.models import Ensemble
 from visiontune.training.finetune import SplitScores, Trained, fit_finetune, train_kept
 from visiontune.training.fitting import Fitted, Hooks, Prepared
 
-log = logging.getLogger(__name__)
-
 
 def fit_members(p: Prepared, hooks: Hooks) -> Fitted:
     """One fine-tuned model (`fit_finetune`), or `finetune.members` of them as an Ensemble."""
@@ -34,18 +31,14 @@ def fit_members(p: Prepared, hooks: Hooks) -> Fitted:
         return fit_finetune(p, _with_stop(p, hooks, 0))
     trained: list[Trained] = []
     folders: list[str] = []
-    first = p
-    for index in range(count):
-        member = first if index == 0 else _member(p, first, index)
+    for index in range(count):  # member 1 is `p` itself: a range test it runs sets p.config's lr for the rest
+        member = p if index == 0 else _member(p, index)
         if hooks.on_member is not None and p.is_main:
             hooks.on_member(index + 1, count, member.config.train.seed)
         done = train_kept(member, _with_stop(p, hooks, index))
         _settle_weights(done)
         trained.append(done)
         folders.append(str(member.run.path))
-        if index == 0:
-            first = member  # its config now holds the learning rate a range test found
-    p.config = first.config
     ensemble = Ensemble([t.trainer.raw_model for t in trained]).eval()
     scores = SplitScores(trained[-1].trainer, seed=p.config.train.seed, model=ensemble)
     listed = [_row(p, i, t, folder) for i, (t, folder) in enumerate(zip(trained, folders, strict=True))]
@@ -61,7 +54,7 @@ def fit_members(p: Prepared, hooks: Hooks) -> Fitted:
     )
 
 
-def _member(p: Prepared, first: Prepared, index: int) -> Prepared:
+def _member(p: Prepared, index: int) -> Prepared:
     """Member `index` (0-based, > 0): the first member's resolved config with its own seed, folder and model."""
     if p.new_model is None:
         raise RuntimeError("an ensemble needs Prepared.new_model to build its further members")
@@ -69,12 +62,12 @@ def _member(p: Prepared, first: Prepared, index: int) -> Prepared:
     run = p.run.member(index)
     resume = p.resume and run.checkpoint("last").is_file()
     set_seed(seed)  # the new head's (or scratch model's) initial weights, and this member's data order
-    config = first.config.replace("train", seed=seed)
+    config = p.config.replace("train", seed=seed)
     if p.is_main and not resume:
         run.write_config(config)
         run.write_info({"member": index + 1, "of": int(p.config.finetune.members or 1), "seed": seed,
                         "run": str(p.run.path)})  # fmt: skip
-    return dataclasses.replace(first, config=config, run=run, model=p.new_model(), resume=resume)
+    return dataclasses.replace(p, config=config, run=run, model=p.new_model(), resume=resume)
 
 
 def _with_stop(p: Prepared, hooks: Hooks, index: int) -> Hooks:
