@@ -50,7 +50,10 @@ def test_runs_lists_train_features_and_tune_runs_and_compare_draws_their_curves(
     assert sorted(r["name"] for r in rows) == ["features", "finetuned", "tune/trial-0000", "tune/trial-0001"]
     assert {r["method"] for r in rows} == {"finetune", "features"}
     assert all(r["status"] == "done" and r["valid"] is not None for r in rows)
-    assert [r["valid"] for r in rows] == sorted((r["valid"] for r in rows), reverse=True)
+    # best first by each run's own monitor: the finetuned fixture monitors valid_loss (lower is better)
+    best_first = sorted(rows, key=lambda r: r["valid"] if r["monitor"] == "valid_loss" else -r["valid"])
+    assert [r["name"] for r in rows] == [r["name"] for r in best_first]
+    assert {r["monitor"] for r in rows} == {"valid_accuracy", "valid_loss"}  # both directions are in the order
     by_name = {r["name"]: r for r in rows}
     assert by_name["features"]["epochs"] == "-" and by_name["finetuned"]["epochs"] == "1+1"
     assert by_name["tune/trial-0000"]["trial"] == 0 and by_name["finetuned"]["test"] is not None

@@ -7,6 +7,7 @@ is the fast test; the features method, `tune`'s nested runs and `--resume` are s
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -108,6 +109,38 @@ def test_both_trackers_log_every_epoch_the_final_metrics_figures_and_bundle(data
     }
     assert {"figures/history.png", "figures/confusion_matrix.png", "figures/valid_predictions.png", "run/config.yaml",
             "run/results.json", "bundle/bundle.json", "bundle/model.safetensors"} <= artifacts  # fmt: skip
+
+
+def test_an_ensembles_members_log_to_their_own_folders_and_child_runs(data: Path, tmp_path: Path) -> None:
+    """Each member's epochs count from 1: they must not land as repeated steps in the run's curves."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = tracked(data, tmp_path / "run", uri)
+    result = train(dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, members=2)))
+    member = result.run_dir / "members" / "2"
+    for folder in (result.run_dir, member):
+        events = tensorboard_events(folder)
+        assert [round(e.value, 6) for e in events.Scalars("valid_accuracy")] == [
+            round(float(row["valid_accuracy"]), 6) for row in _rows(folder)
+        ], folder  # steps 1, 2, 3 once each, and the values of that folder's metrics.csv
+    run_events = tensorboard_events(result.run_dir)
+    assert run_events.Scalars("final/test_accuracy")[-1].value == pytest.approx(result.metrics["test_accuracy"])
+    assert "final/test_accuracy" not in tensorboard_events(member).Tags()["scalars"]
+
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("fashion").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("visiontune.kind") == "run"]
+    (child,) = [r for r in runs if r.data.tags.get("visiontune.kind") == "member"]
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.data.tags["visiontune.member"] == "2"
+    assert parent.info.status == child.info.status == "FINISHED"
+    assert int(child.data.params["train.seed"]) == int(parent.data.params["train.seed"]) + 1 == config.train.seed + 1
+    for run, folder in ((parent, result.run_dir), (child, member)):
+        history = client.get_metric_history(run.info.run_id, "valid_loss")
+        assert sorted((m.step, round(m.value, 5)) for m in history) == [
+            (int(row["epoch"]), round(float(row["valid_loss"]), 5)) for row in _rows(folder)
+        ]
+    assert parent.data.metrics["final/test_accuracy"] == pytest.approx(result.metrics["test_accuracy"])
+    assert "final/test_accuracy" not in child.data.metrics
+    assert json.loads((member / "run.json").read_text())["mlflow"]["run_id"] == child.info.run_id
 
 
 def _rows(run: Path) -> list[dict[str, str]]:
@@ -212,6 +245,38 @@ def test_a_resumed_run_continues_its_mlflow_run_without_doubled_epochs(data: Pat
     assert run.info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "valid_accuracy"))
     assert steps[-1] == 3 and set(steps) == {1, 2, 3}
+    assert [e.step for e in tensorboard_events(result.run_dir).Scalars("valid_accuracy")] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_an_ensemble_resumed_in_member_2_continues_its_child_run(data: Path, tmp_path: Path) -> None:
+    from visiontune.errors import Interrupted
+    from visiontune.training.tracking import Tracker
+
+    class StopInMember2(Tracker):  # member 1 has 3 epochs; stop after member 2's second
+        seen = 0
+
+        def after_epoch(self, trainer: Any, metrics: dict[str, Any]) -> None:
+            self.seen += 1
+            if self.seen == 5:
+                raise KeyboardInterrupt
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = tracked(data, tmp_path / "run", uri)
+    config = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, members=2))
+    with pytest.raises(Interrupted):
+        train(config, callbacks=[StopInMember2()])
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("fashion").experiment_id
+    assert sorted(r.info.status for r in client.search_runs([experiment])) == ["KILLED", "KILLED"]
+    result = train(config, resume=tmp_path / "run")
+    runs = client.search_runs([experiment])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}  # the same two runs, continued
+    (child,) = [r for r in runs if r.data.tags.get("visiontune.kind") == "member"]
+    steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "valid_accuracy"))
+    assert set(steps) == {1, 2, 3} and steps[-1] == 3
+    member = result.run_dir / "members" / "2"
+    assert [e.step for e in tensorboard_events(member).Scalars("valid_accuracy")] == [1, 2, 3]
     assert [e.step for e in tensorboard_events(result.run_dir).Scalars("valid_accuracy")] == [1, 2, 3]
 
 

@@ -129,7 +129,9 @@ def _say_member(*, quiet: bool) -> Any:
     """A heading line before each ensemble member trains."""
     if quiet:
         return None
-    return lambda number, count, seed: err_console.print(f"[bold]member {number} of {count}[/] (seed {seed})")
+    return lambda member, number, count: err_console.print(
+        f"[bold]member {number} of {count}[/] (seed {member.config.train.seed})"
+    )
 
 
 def _float(name: str, text: str) -> float:

@@ -90,12 +90,8 @@ class RunFolder:
 
     def member(self, index: int) -> RunFolder:
         """Where an ensemble's member `index` (0-based) trains: the run folder itself for the first,
-        members/<index + 1>/ for the others (created here: their files are written like the run's)."""
-        if index == 0:
-            return self
-        folder = RunFolder(self.path / MEMBERS / str(index + 1))
-        folder.path.mkdir(parents=True, exist_ok=True)
-        return folder
+        members/<index + 1>/ for the others (their files are written like the run's)."""
+        return self if index == 0 else RunFolder(self.path / MEMBERS / str(index + 1))
 
     # ---- create, lock, claim --------------------------------------------------------------------
     def check_target(self, *, overwrite: bool | None = None) -> None:

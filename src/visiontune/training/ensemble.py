@@ -30,18 +30,18 @@ def fit_members(p: Prepared, hooks: Hooks) -> Fitted:
     if count == 1:
         return fit_finetune(p, _with_stop(p, hooks, 0))
     trained: list[Trained] = []
-    folders: list[str] = []
+    members: list[Prepared] = []
     for index in range(count):  # member 1 is `p` itself: a range test it runs sets p.config's lr for the rest
         member = p if index == 0 else _member(p, index)
-        if hooks.on_member is not None and p.is_main:
-            hooks.on_member(index + 1, count, member.config.train.seed)
+        if hooks.on_member is not None and p.is_main:  # the display's heading; each tracker's run for the member
+            hooks.on_member(member, index + 1, count)
         done = train_kept(member, _with_stop(p, hooks, index))
         _settle_weights(done)
         trained.append(done)
-        folders.append(str(member.run.path))
+        members.append(member)
     ensemble = Ensemble([t.trainer.raw_model for t in trained]).eval()
     scores = SplitScores(trained[-1].trainer, seed=p.config.train.seed, model=ensemble)
-    listed = [_row(p, i, t, folder) for i, (t, folder) in enumerate(zip(trained, folders, strict=True))]
+    listed = [_row(i, m, t, p.monitor.name) for i, (m, t) in enumerate(zip(members, trained, strict=True))]
     return Fitted(
         ensemble,
         scores.logits,
@@ -63,10 +63,14 @@ def _member(p: Prepared, index: int) -> Prepared:
     resume = p.resume and run.checkpoint("last").is_file()
     set_seed(seed)  # the new head's (or scratch model's) initial weights, and this member's data order
     config = p.config.replace("train", seed=seed)
+    run.path.mkdir(parents=True, exist_ok=True)
     if p.is_main and not resume:
         run.write_config(config)
-        run.write_info({"member": index + 1, "of": int(p.config.finetune.members or 1), "seed": seed,
-                        "run": str(p.run.path)})  # fmt: skip
+        fields = {"member": index + 1, "of": int(p.config.finetune.members or 1), "seed": seed, "run": str(p.run.path)}
+        if p.resume:  # keep what run.json recorded of a member stopped before its first checkpoint (its MLflow run)
+            run.update_info(fields)
+        else:
+            run.write_info(fields)
     return dataclasses.replace(p, config=config, run=run, model=p.new_model(), resume=resume)
 
 
@@ -88,13 +92,13 @@ def _settle_weights(trained: Trained) -> None:
     trainer.raw_model.requires_grad_(False)
 
 
-def _row(p: Prepared, index: int, trained: Trained, folder: str) -> dict[str, Any]:
+def _row(index: int, member: Prepared, trained: Trained, monitor: str) -> dict[str, Any]:
     """What results.json and the bundle say of one member."""
     return {
         "member": index + 1,
-        "seed": p.config.train.seed + index,
+        "seed": member.config.train.seed,
         "kept_epoch": trained.epoch,
-        "monitor": p.monitor.name,
+        "monitor": monitor,
         "score": trained.score,  # the monitor's, on validation, of this member alone
-        "folder": folder,
+        "folder": str(member.run.path),
     }

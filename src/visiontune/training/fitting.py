@@ -77,4 +77,5 @@ class Hooks:
     progress: Callable[[int], None] | None = None
     on_head: Callable[[Any], None] | None = None
     on_plan: Callable[[str], None] | None = None  # the recipe and its estimated time (training.budget), once
-    on_member: Callable[[int, int, int], None] | None = None  # an ensemble's member (1-based), of how many, its seed
+    # before an ensemble's member trains: its Prepared (its seed, folder and model), its number (1-based), how many
+    on_member: Callable[[Prepared, int, int], None] | None = None

@@ -8,6 +8,10 @@ artifacts: `figures/` (history, lr_find, confusion matrix, sample predictions), 
 run.json, results.json, metrics.csv, heads.csv, classes.json) and `bundle/` (the model bundle,
 which `visiontune export RUN --mlflow` turns into an MLflow model).
 
+An ensemble's member 2, 3, ... is a child run of the run (tags `mlflow.parentRunId`,
+`visiontune.member`; its params, its epochs), recorded in its folder's run.json; member 1's epochs
+and the ensemble's final metrics, figures and bundle are the run's own.
+
 The tracking URI is `--mlflow-uri`, else `MLFLOW_TRACKING_URI`, else MLflow's default (a SQLite
 store, mlflow.db, in the working folder, artifacts in ./mlruns). run.json records the run id,
 so `train --resume` continues the same MLflow run. Everything goes through an `MlflowClient`
@@ -162,7 +166,8 @@ class MLflowLogger(Tracker):
         study = _STUDY.get()
         with store_errors(self.client):
             self._experiment_id = study.experiment_id if study else experiment_id(self.client, experiment_name(config))
-        self.run_id = ""
+        self.run_id = ""  # where epochs go: the run's, or the training member's child run
+        self.parent_id = ""  # the run's: final metrics and artifacts
 
     def start(self, p: Prepared) -> None:
         recorded = p.run.info().get("mlflow", {}) if p.resume else {}
@@ -174,6 +179,30 @@ class MLflowLogger(Tracker):
                 self.run_id = self._create(p)
                 p.run.update_info({"mlflow": {"run_id": self.run_id, "experiment_id": self._experiment_id}})
             self._log(params=_known(flat_params(p.config)), tags=run_tags(p.run))
+        self.parent_id = self.run_id
+
+    def member(self, member: Prepared, number: int, of: int) -> None:
+        with store_errors(self.client):
+            self._end_member("FINISHED")
+            if number == 1:
+                return
+            recorded = member.run.info().get("mlflow", {})  # only a resumed run's member folder has one
+            if recorded.get("run_id") and self._exists(recorded["run_id"]):
+                self.run_id = recorded["run_id"]
+                self.client.update_run(self.run_id, status="RUNNING")
+            else:
+                name = f"{member.run.path.parents[1].name} member {number}"  # RUN/members/<n>
+                tags = {"mlflow.runName": name, PARENT_TAG: self.parent_id, "visiontune.kind": "member",
+                        "visiontune.member": str(number)}  # fmt: skip
+                self.run_id = self.client.create_run(self._experiment_id, tags=tags).info.run_id
+                member.run.update_info({"mlflow": {"run_id": self.run_id, "experiment_id": self._experiment_id}})
+            self._log(params=_known(flat_params(member.config)))
+
+    def _end_member(self, status: str) -> None:
+        """The member's child run ended; epochs and final metrics go to the run again."""
+        if self.run_id and self.run_id != self.parent_id:
+            self.client.set_terminated(self.run_id, status)
+        self.run_id = self.parent_id
 
     def _create(self, p: Prepared) -> str:
         study = _STUDY.get()
@@ -201,6 +230,7 @@ class MLflowLogger(Tracker):
 
     def finish(self, p: Prepared, end: RunEnd) -> None:
         with store_errors(self.client):
+            self._end_member("FINISHED")
             self._upload(p, end)
             self.client.set_terminated(self.run_id, "FINISHED")
 
@@ -219,6 +249,7 @@ class MLflowLogger(Tracker):
         self.client.log_artifacts(self.run_id, str(p.run.file(BUNDLE)), "bundle")
 
     def fail(self, p: Prepared | None, error: BaseException) -> None:
+        self._end_member(_status(error))
         if self.run_id:
             self.client.set_terminated(self.run_id, _status(error))
 

@@ -6,7 +6,9 @@ Per epoch, every number of the metrics row under its metrics.csv name (`train_lo
 heads as `heads/<head>/<score>`), the validation confusion matrix and sample predictions as
 images, and the resolved config as hparams with the final metrics, for the HParams dashboard.
 `tensorboard --logdir runs` compares every run. A resumed run drops the events after its last
-checkpoint, so the curves have no doubled epochs.
+checkpoint, so the curves have no doubled epochs. An ensemble's member 2, 3, ... logs its epochs in
+its own folder (members/<n>/tensorboard/, a run of its own in TensorBoard); member 1's epochs and
+the ensemble's final metrics are the run's.
 """
 
 from __future__ import annotations
@@ -26,10 +28,15 @@ class TensorBoardLogger(Tracker):
 
     def __init__(self) -> None:
         self.writer: Any = None
-        self.logdir = ""
+        self.logdir = ""  # where epochs go: the run's, or the training member's
+        self.run_logdir = ""  # where the final metrics go
 
     def start(self, p: Prepared) -> None:
-        self.logdir = str(p.run.file(TENSORBOARD))
+        self.logdir = self.run_logdir = str(p.run.file(TENSORBOARD))
+
+    def member(self, member: Prepared, number: int, of: int) -> None:
+        self._close()
+        self.logdir = str(member.run.file(TENSORBOARD))  # a writer opens there when (if) the member trains
 
     def before_fit(self, trainer: Trainer) -> None:
         if self.logdir and self.writer is None:
@@ -49,7 +56,9 @@ class TensorBoardLogger(Tracker):
     def finish(self, p: Prepared, end: RunEnd) -> None:
         from torch.utils.tensorboard.summary import hparams
 
-        writer = self.writer or _writer(self.logdir)
+        if self.logdir != self.run_logdir:
+            self._close()
+        writer = self.writer or _writer(self.run_logdir)
         final = {f"final/{k}": v for k, v in end.metrics.items()}
         for key, value in {**final, **end.head_metrics()}.items():
             writer.add_scalar(key, value, end.step)
@@ -61,6 +70,9 @@ class TensorBoardLogger(Tracker):
         self.writer = None
 
     def fail(self, p: Prepared | None, error: BaseException) -> None:
+        self._close()
+
+    def _close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None

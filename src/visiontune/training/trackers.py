@@ -49,8 +49,19 @@ class Tracking:
         self.trackers = make_trackers(config, main=main)
 
     def hooks(self, hooks: Hooks) -> Hooks:
-        """Trackers before the caller's callbacks: an epoch a callback stops at (a pruned trial's) is logged."""
-        return dataclasses.replace(hooks, callbacks=[*self.trackers, *hooks.callbacks])
+        """Trackers before the caller's callbacks (an epoch a callback stops at, a pruned trial's, is logged),
+        and told of each ensemble member after the caller's `on_member`."""
+        if not self.trackers:
+            return hooks
+        shown = hooks.on_member
+
+        def on_member(member: Prepared, number: int, of: int) -> None:
+            if shown is not None:
+                shown(member, number, of)
+            for tracker in self.trackers:
+                tracker.member(member, number, of)
+
+        return dataclasses.replace(hooks, callbacks=[*self.trackers, *hooks.callbacks], on_member=on_member)
 
     @contextmanager
     def started(self, p: Prepared) -> Iterator[None]:

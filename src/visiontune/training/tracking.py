@@ -2,9 +2,11 @@
 
 The run folder stays the record; `--log tensorboard,mlflow` (`train.log`) adds trackers. A
 `Tracker` is a `Callback` (per-epoch metrics, from the fine-tune fitter's trainer) that also sees
-the run start (`start`: the resolved config and run.json) and end (`finish`: the final metrics,
-the confusion matrix and sample predictions, the run folder's figures and the bundle), so every
-method is tracked: a features run has no epochs, and logs each head's scores instead. Only the
+the run start (`start`: the resolved config and run.json), each ensemble member's start (`member`:
+its epochs count from 1 again, so they go to the member's own TensorBoard folder or MLflow child
+run) and the end (`finish`: the final metrics, the confusion matrix and sample predictions, the run
+folder's figures and the bundle), so every method is tracked: a features run has no epochs, and
+logs each head's scores instead. Only the
 main process tracks (under torchrun the other ranks hold no trackers). The libraries are
 imported when a tracker is asked for; a missing one is a one-line error naming the extra.
 """
@@ -74,6 +76,9 @@ class Tracker(Callback):
 
     def start(self, p: Prepared) -> None:
         """After the run files are written (also on a resume), before fitting."""
+
+    def member(self, member: Prepared, number: int, of: int) -> None:
+        """Before an ensemble's member `number` (1-based, of `of`) trains; member 1 is the run itself."""
 
     def finish(self, p: Prepared, end: RunEnd) -> None:
         """After the bundle and results.json are written."""
