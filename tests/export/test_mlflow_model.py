@@ -61,6 +61,24 @@ def test_the_registered_model_predicts_the_labels_and_probabilities_of_visiontun
     assert len(broken.loc[1, "labels"]) == 2
 
 
+def test_export_leaves_the_processs_tracking_uri_as_it_found_it(
+    finetuned_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook that exports to one store and then trains must still log where MLFLOW_TRACKING_URI says."""
+    from visiontune.export.mlflow_model import export_mlflow
+
+    monkeypatch.chdir(tmp_path)
+    mine = f"sqlite:///{tmp_path / 'mine.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mine)
+    exported = export_mlflow(finetuned_run, uri=f"sqlite:///{tmp_path / 'other.db'}", experiment="other")
+    assert mlflow.MlflowClient(f"sqlite:///{tmp_path / 'other.db'}").get_run(exported.run_id)
+    assert os.environ["MLFLOW_TRACKING_URI"] == mine and mlflow.get_tracking_uri() == mine
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    export_mlflow(finetuned_run, uri=f"sqlite:///{tmp_path / 'other.db'}", experiment="other")
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # not pinned to the store it exported to
+    assert mlflow.get_tracking_uri() != f"sqlite:///{tmp_path / 'other.db'}"
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_base64_images_as_predict_does(
     finetuned_run: Path, trained_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ MODEL_NAME = "model"  # the logged model's name within its run
 ENTRY = Path(__file__).with_name("mlflow_entry.py")  # the code MLflow loads the model from
 REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pillow", "safetensors", "pandas")
 DEFAULT_PARAMS = {"topk": 5, "tta": False}
+TRACKING_VARIABLE = "MLFLOW_TRACKING_URI"  # the store a process (and its children) use when none is named
 
 
 class BundleModel(mlflow.pyfunc.PythonModel):
@@ -107,16 +111,34 @@ def export_mlflow(
     bundle = resolve_bundle_path(model)
     meta = read_meta(bundle)
     client = mlflow_client(uri)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(client.tracking_uri)  # log_model works on the active run of the fluent API
-    try:
-        with store_errors(client):
-            run_id, experiment = _target_run(client, bundle, experiment)
-            info = _log_model(run_id, bundle, meta, register)
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with _fluent_uri(client.tracking_uri), store_errors(client):  # log_model works on the fluent API's active run
+        run_id, experiment = _target_run(client, bundle, experiment)
+        info = _log_model(run_id, bundle, meta, register)
     version = str(info.registered_model_version) if register and info.registered_model_version else None
     return MLflowExport(info.model_uri, run_id, experiment, register, version)
+
+
+@contextmanager
+def _fluent_uri(uri: str) -> Iterator[None]:
+    """The fluent API pointed at `uri` for the body, then left as found.
+
+    `mlflow.set_tracking_uri` also sets (or, given None, deletes) MLFLOW_TRACKING_URI in os.environ, and
+    a URI it was given outranks that variable afterwards: restoring `get_tracking_uri()`'s answer would
+    pin this process (a notebook, a test session) to one store for good, and restoring None would
+    delete the user's own variable. So both are saved and put back.
+    """
+    from mlflow.tracking._tracking_service import utils  # where the fluent API keeps a URI it was given
+
+    given, variable = getattr(utils, "_tracking_uri", None), os.environ.get(TRACKING_VARIABLE)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(given)
+        if variable is None:
+            os.environ.pop(TRACKING_VARIABLE, None)
+        else:
+            os.environ[TRACKING_VARIABLE] = variable
 
 
 def _log_model(run_id: str, bundle: Path, meta: Any, register: str | None) -> Any:
