@@ -41,6 +41,7 @@ def test_find_runs_walks_nested_folders_but_not_into_a_run(tmp_path: Path) -> No
     write_run(tmp_path / "study" / "trial-0000", [0.6])
     write_run(tmp_path / "a" / "eval" / "copy", [0.1])  # inside a run: not a run of its own
     write_run(tmp_path / ".hidden", [0.1])
+    write_run(tmp_path / "mlruns" / "1" / "0a1b" / "artifacts" / "run", [0.7])  # --log mlflow's copy of a's files
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.yaml").write_text("data: [unclosed")
     runs = find_runs(tmp_path)  # the broken one is skipped with a warning, the others are listed

@@ -42,6 +42,7 @@ CONFIG, INFO, RESULTS, CLASSES, SPLITS = "config.yaml", "run.json", "results.jso
 METRICS_CSV, METRICS_JSONL, HEADS = "metrics.csv", "metrics.jsonl", "heads.csv"
 HISTORY, LR_FIND, TRIAL = "history.png", "lr_find.png", "trial.json"
 CHECKPOINTS, BUNDLE, EVAL, TENSORBOARD, MEMBERS = "checkpoints", "model", "eval", "tensorboard", "members"
+MLFLOW_ARTIFACTS = "mlruns"  # MLflow's local artifact store: copies of run files, not runs
 WRITTEN = {CONFIG, INFO, RESULTS, CLASSES, SPLITS, METRICS_CSV, METRICS_JSONL, HEADS, HISTORY, LR_FIND, TRIAL,
            CHECKPOINTS, BUNDLE, EVAL, TENSORBOARD, MEMBERS, LOCK_FILE}  # fmt: skip
 # epoch-row names of earlier releases, read as this release's
@@ -266,10 +267,11 @@ class RunFolder:
 
 
 def find_runs(root: str | Path) -> list[RunFolder]:
-    """Every run folder under `root` (or `root` itself), in folder order; a run's model/ and eval/ are not walked."""
+    """Every run folder under `root` (or `root` itself), in folder order; a run's model/ and eval/ are not walked,
+    nor hidden folders or MLflow's local artifact store (`--log mlflow` keeps copies of run files there)."""
     found = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != MLFLOW_ARTIFACTS)
         if CONFIG in files:
             found.append(RunFolder(folder))
             dirs[:] = []
