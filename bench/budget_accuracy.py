@@ -12,6 +12,7 @@ Usage:
     python bench/budget_accuracy.py                          # 2, 5 and 10 minutes, seeds 0 and 1
     python bench/budget_accuracy.py --budgets 20m --seeds 0  # one long budget
     python bench/budget_accuracy.py --score runs/a runs/b    # only score existing runs on t10k
+    python bench/budget_accuracy.py --budgets 20m --seeds 1 --members 1  # the budget's one-model reference
 """
 
 from __future__ import annotations
@@ -62,10 +63,12 @@ def score(run: Path, files: list[Path]) -> dict[str, object]:
     return {"t10k": round(joint, 4), "members_alone": [round(a, 4) for a in alone]}
 
 
-def train(demo: Path, budget: str, seed: int, out: Path, cache: Path) -> dict[str, object]:
-    """One `visiontune train --budget` as a user runs it; its plan, wall time and kept epochs."""
+def train(demo: Path, budget: str, seed: int, out: Path, cache: Path, members: int | None) -> dict[str, object]:
+    """One `visiontune train --budget` as a user runs it (`--members` only when given); its plan, wall time, score."""
     command = [str(BIN / "visiontune"), "train", str(demo), "--budget", budget, "--seed", str(seed),
                "--out", str(out), "--overwrite"]  # fmt: skip
+    if members is not None:
+        command += ["--members", str(members)]
     started = time.perf_counter()
     env = {**os.environ, "VISIONTUNE_CACHE_DIR": str(cache)}
     proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -91,6 +94,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "visiontune-budget-bench")
     parser.add_argument("--score", nargs="*", type=Path, help="only score these run folders on t10k")
+    parser.add_argument("--members", type=int, help="pass --members N (default: what the budget plans)")
     args = parser.parse_args()
     files = write_t10k(args.work / "t10k")
     if args.score:
@@ -102,8 +106,8 @@ def main() -> None:
         subprocess.run([str(BIN / "visiontune"), "datasets", "export", "fashion-mnist", str(demo)], check=True)
     for seed in [int(s) for s in args.seeds.split(",")]:
         for budget in args.budgets.split(","):  # seed-major: each budget's two runs at different times of day
-            name = f"{budget}-s{seed}"
-            row = train(demo, budget, seed, args.work / name, args.work / f"cache-{name}")
+            name = f"{budget}-s{seed}" + (f"-m{args.members}" if args.members is not None else "")
+            row = train(demo, budget, seed, args.work / name, args.work / f"cache-{name}", args.members)
             row.update(score(args.work / name, files))
             print(json.dumps(row), flush=True)
 
