@@ -50,6 +50,7 @@ class FakeClock:
     def step(self, model: torch.nn.Module, kind: str, size: int, batch: int) -> None:
         fixed, per_pixel = self.cost[kind]
         self.now += batch * (fixed + per_pixel * size * size) * getattr(model, "slowness", 1.0)
+        self.now += batch * getattr(model, "overhead", 0.0)  # a network's own cost per image whatever its size
 
 
 @pytest.fixture
@@ -278,11 +279,31 @@ def test_a_budget_past_saturation_buys_the_largest_backbone_that_still_gets_enou
     planned, timing = run("10m", larger)
     plan = timing.plan
     assert built == ["huge", "big"]  # largest first; "huge" would get too few epochs at any size
-    assert [sizes for _, sizes in timed[1:]] == [[timed[1][1][0]]] * 2  # each timed once, at the planned size
+    planned_size = timed[1][1]
+    assert [sizes for _, sizes in timed[1:]] == [planned_size, planned_size, [64]]  # the chosen one at 64 px too
     assert plan.backbone == "big" and plan.epochs >= SATURATED
     assert planned.model.backbone == "big" and planned.finetune.epochs == plan.epochs
     assert plan.seconds <= SAFETY * 600  # it still fits the budget, at its own costs
     assert plan.describe().startswith("big, ") and "a larger backbone" in timing.message
+
+
+def test_a_larger_backbone_is_planned_on_its_own_costs_not_the_runs_scaled(long_run) -> None:
+    """A network whose cost does not shrink with the pixels as the run's does: its plan must still fit."""
+    run, _ = long_run
+
+    def heavy() -> torch.nn.Module:
+        model = _slow(torch.nn.Linear(2, 2), 13.0)
+        model.overhead = 0.05  # seconds per image at any size: 30% of its cost at 64 px, 15% at 112
+        return model
+
+    _, timing = run("10m", [Larger("big", 224, heavy)], members_free=True)
+    plan, truth = timing.plan, FakeClock()
+    truth.cost = {kind: (fixed * 13.0 + 0.05, per_pixel * 13.0) for kind, (fixed, per_pixel) in truth.cost.items()}
+    real = measure(torch.nn.Linear(2, 2), [64, 112], clock=truth, step=truth.step)
+    workload = Workload(27, 9, 0, 36)
+    each = estimate(real, workload, method="finetune", size=plan.image_size, freeze_epochs=0, epochs=plan.epochs)
+    assert plan.backbone == "big" and plan.members * each <= SAFETY * 600 * 1.02  # what it will really take fits
+    assert plan.seconds == pytest.approx(plan.members * each, rel=0.02)  # and is what the plan expected
 
 
 def test_a_short_budget_times_no_larger_backbone(long_run) -> None:
@@ -306,7 +327,7 @@ def test_when_no_larger_backbone_gets_enough_epochs_the_run_keeps_its_own(long_r
 def test_a_budget_that_saturates_the_largest_backbone_buys_members_that_each_still_saturate(long_run) -> None:
     run, _ = long_run
     members = {}
-    for budget in ("90s", "2m", "10m"):
+    for budget in ("90s", "150s", "10m"):
         built: list[str] = []
         planned, timing = run(budget, [_candidate("big", 13.0, built)], members_free=True)
         plan = timing.plan
@@ -317,8 +338,8 @@ def test_a_budget_that_saturates_the_largest_backbone_buys_members_that_each_sti
         if plan.members > 1:
             assert f"{plan.members} members averaged" in timing.message
             assert plan.describe().startswith(f"{plan.members} members, each big, ")
-    # on this fake machine 90 s saturate "big" (16 epochs) but half of it would not: one model
-    assert members == {"90s": 1, "2m": 2, "10m": MOST_MEMBERS}
+    # on this fake machine 90 s saturate "big" but half of it would not (one model); 150 s buy two, 10 min four
+    assert members == {"90s": 1, "150s": 2, "10m": MOST_MEMBERS}
 
 
 def test_members_are_planned_only_when_left_to_visiontune(long_run) -> None:

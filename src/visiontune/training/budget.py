@@ -9,9 +9,10 @@ picks the recipe expected to be most accurate among those that fit: epochs first
 steeply over the first three epochs; bench/RESULTS.md), then input size; when no fine-tuning fits,
 frozen features. A budget long enough to saturate the default backbone (its plan reaches
 SATURATED epochs) buys a larger one instead, when the user left the backbone to us: the larger
-backbones offered are timed at the planned size and the largest whose own plan still reaches
-SATURATED epochs is taken (bench/RESULTS.md: on the demo, Lite0 stops improving near 15 epochs;
-Lite2 at 12-16 epochs scores 0.3-0.5 points more on 10,000 test images, at 8 epochs no more).
+backbones offered are timed at the planned size (the one taken also at the smallest size, for its
+own cost line) and the largest whose own plan still reaches SATURATED epochs is taken
+(bench/RESULTS.md: on the demo, Lite0 stops improving near 15 epochs; Lite2 at 12-16 epochs
+scores 0.3-0.5 points more on 10,000 test images, at 8 epochs no more).
 A budget that saturates the largest backbone too buys an ensemble when the user left the members
 to us: the most members (up to MOST_MEMBERS) whose share of the budget each still reaches
 SATURATED epochs, trained one after another with their own seeds (on the demo, two 5-minute
@@ -73,6 +74,15 @@ class Costs:
     def per_image(self, kind: str, size: int) -> float:
         fixed, per_pixel = getattr(self, kind)
         return max(fixed + per_pixel * size * size, 0.0)
+
+    def through(self, other: Costs, size: int, mine: int) -> Costs:
+        """Lines through this estimate at `mine` px and `other`'s at `size` px, kind by kind: a network's own
+        line from two single-size timings."""
+        lines = {}
+        for kind in ("train", "frozen", "infer"):
+            points = sorted([(size * size, other.per_image(kind, size)), (mine * mine, self.per_image(kind, mine))])
+            lines[kind] = _line(points)
+        return Costs(**lines, decode=self.decode)
 
     def scaled_to(self, other: Costs, size: int) -> Costs:
         """These costs scaled, kind by kind, to `other`'s at `size`: another backbone of the same family,
@@ -412,8 +422,8 @@ def plan_run(
                 return fit(of, top, 1)
             return dataclasses.replace(each, seconds=each.seconds * share, members=share)
 
-        def timed(candidate: torch.nn.Module, at: int) -> Costs:
-            return measure(candidate, [at], batch=batch, clock=clock, kinds=kinds, channels_last=layout)
+        def timed(candidate: torch.nn.Module, at: Sequence[int]) -> Costs:
+            return measure(candidate, at, batch=batch, clock=clock, kinds=kinds, channels_last=layout)
 
         plan, top = fit(costs, largest), largest
         if method == "finetune" and larger and plan.method == "finetune":
@@ -448,25 +458,32 @@ def _larger_backbone(
     larger: Sequence[Larger],
     *,
     fit: Callable[[Costs, int], Plan],
-    timed: Callable[[torch.nn.Module, int], Costs],
+    timed: Callable[[torch.nn.Module, Sequence[int]], Costs],
     largest: int,
     largest_for: Callable[[int], int],
 ) -> tuple[Plan, Costs, int]:
     """The plan of the largest of `larger` that still reaches SATURATED epochs, its costs and largest
     size; else the run's own backbone, re-planned for the time the timing took.
 
-    Each is timed at the planned size only and the run's cost lines scaled to it (`Costs.scaled_to`):
-    a few steps, seconds, where a second size would double them.
+    Each is timed at the planned size and the run's cost lines scaled to it (`Costs.scaled_to`): a few
+    steps, enough to turn down one that can't reach SATURATED epochs. The one that can is also timed
+    at the smallest candidate size, for its own line: the scaled one assumes both networks spend the
+    same share of their time regardless of pixels, and on the demo Lite2's plan at 64 px came out 35%
+    short of the real epochs (bench/RESULTS.md), so members planned for 13 epochs each were cut to 9-10.
     """
     if not plan.saturated:
         return plan, costs, largest  # the run's backbone is still gaining from more epochs: nothing is timed
     for candidate in larger:
         with torch.random.fork_rng(devices=[]):  # its new head draws no random numbers of the run's
             model = candidate.build()
-        theirs = costs.scaled_to(timed(model, plan.image_size), plan.image_size)
-        del model
+        theirs = costs.scaled_to(timed(model, [plan.image_size]), plan.image_size)
         top = largest_for(candidate.native_size)
         own = fit(theirs, top)
+        smallest = candidate_sizes(plan.image_size)[-1]
+        if own.saturated and smallest < plan.image_size:  # a candidate worth it: its own line, from a second size
+            theirs = theirs.through(timed(model, [smallest]), smallest, plan.image_size)
+            own = fit(theirs, top)
+        del model
         if own.saturated:
             return dataclasses.replace(own, backbone=candidate.name), theirs, top
         log.debug("budget: %s would get %s; keeping the run's backbone", candidate.name, own.describe())
