@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -170,14 +170,8 @@ class MLflowLogger(Tracker):
         self.parent_id = ""  # the run's: final metrics and artifacts
 
     def start(self, p: Prepared) -> None:
-        recorded = p.run.info().get("mlflow", {}) if p.resume else {}
         with store_errors(self.client):
-            if recorded.get("run_id") and self._exists(recorded["run_id"]):
-                self.run_id = recorded["run_id"]
-                self.client.update_run(self.run_id, status="RUNNING")
-            else:
-                self.run_id = self._create(p)
-                p.run.update_info({"mlflow": {"run_id": self.run_id, "experiment_id": self._experiment_id}})
+            self._continue_or_create(p.run, lambda: self._create(p), resume=p.resume)
             self._log(params=_known(flat_params(p.config)), tags=run_tags(p.run))
         self.parent_id = self.run_id
 
@@ -186,17 +180,22 @@ class MLflowLogger(Tracker):
             self._end_member("FINISHED")
             if number == 1:
                 return
-            recorded = member.run.info().get("mlflow", {})  # only a resumed run's member folder has one
-            if recorded.get("run_id") and self._exists(recorded["run_id"]):
-                self.run_id = recorded["run_id"]
-                self.client.update_run(self.run_id, status="RUNNING")
-            else:
-                name = f"{member.run.path.parents[1].name} member {number}"  # RUN/members/<n>
-                tags = {"mlflow.runName": name, PARENT_TAG: self.parent_id, "visiontune.kind": "member",
-                        "visiontune.member": str(number)}  # fmt: skip
-                self.run_id = self.client.create_run(self._experiment_id, tags=tags).info.run_id
-                member.run.update_info({"mlflow": {"run_id": self.run_id, "experiment_id": self._experiment_id}})
+            name = f"{member.run.path.parents[1].name} member {number}"  # RUN/members/<n>
+            tags = {"mlflow.runName": name, PARENT_TAG: self.parent_id, "visiontune.kind": "member",
+                    "visiontune.member": str(number)}  # fmt: skip
+            new = lambda: self.client.create_run(self._experiment_id, tags=tags).info.run_id  # noqa: E731
+            self._continue_or_create(member.run, new, resume=True)  # only a resumed run's member folder records one
             self._log(params=_known(flat_params(member.config)))
+
+    def _continue_or_create(self, run: RunFolder, create: Callable[[], str], *, resume: bool) -> None:
+        """The MLflow run that `run`'s run.json records (on a resume, if the store still has it), else a new one."""
+        recorded = run.info().get("mlflow", {}) if resume else {}
+        if recorded.get("run_id") and self._exists(recorded["run_id"]):
+            self.run_id = recorded["run_id"]
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            self.run_id = create()
+            run.update_info({"mlflow": {"run_id": self.run_id, "experiment_id": self._experiment_id}})
 
     def _end_member(self, status: str) -> None:
         """The member's child run ended; epochs and final metrics go to the run again."""
